@@ -1,0 +1,146 @@
+"""safetensors reading and writing: headers, atomic writes, and kohya/A1111 hashes.
+
+Hashes (FORMAT.md §6):
+* ``sshs_model_hash``: SHA-256 of the data section of ``safetensors.torch.save(tensors, ss_meta)``.
+* ``sshs_legacy_hash``: first 8 hex of SHA-256 of bytes ``[0x100000, 0x110000)`` of that same
+  serialization with only the ``ss_*`` metadata keys.
+* A1111 model hashes of a whole file: old (8 hex of the 1 MiB..1 MiB+64 KiB window) and new (full).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+from safetensors.torch import save as st_save
+
+from library.errors import UserError
+
+_LEGACY_WINDOW = (0x100000, 0x110000)
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Read a safetensors header without loading tensors.
+
+    Returns:
+        ``(tensors, metadata)``: ``tensors`` maps name to ``{"dtype", "shape", "data_offsets"}``.
+
+    Raises:
+        UserError: missing, truncated or malformed file (one line naming it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: file not found")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise UserError(f"{p}: not a safetensors file (only {size} bytes); re-download or re-save it")
+        (n,) = struct.unpack("<Q", head)
+        if n <= 0 or 8 + n > size:
+            raise UserError(f"{p}: truncated or not a safetensors file (header says {n} bytes, file has {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{p}: corrupt safetensors header ({exc.__class__.__name__}); re-download the file") from None
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    if 8 + n + data_len > size:
+        raise UserError(f"{p}: truncated safetensors file ({size} bytes, needs {8 + n + data_len}); re-download it")
+    return header, metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """Return the ``__metadata__`` dict of a safetensors file (empty when absent)."""
+    return read_header(path)[1]
+
+
+def load_file(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load all tensors and metadata of a safetensors file, checking it is complete first."""
+    from safetensors import safe_open
+
+    _, metadata = read_header(path)
+    with safe_open(str(path), framework="pt", device=device) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, metadata
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``final`` with the same suffix; rename it into place on success.
+
+    The temporary name is ``.{name}.tmp-{pid}{suffix}`` so writers that pick a format from the
+    extension still see it. On any exception the temporary file is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.is_file():
+            tmp.unlink()
+
+
+def _ss_only(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    return {k: v for k, v in (metadata or {}).items() if k.startswith("ss_")}
+
+
+def _contiguous_cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def lora_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None) -> tuple[str, str]:
+    """Compute ``(sshs_model_hash, sshs_legacy_hash)`` exactly as kohya does (FORMAT.md §6)."""
+    blob = st_save(_contiguous_cpu(tensors), metadata=_ss_only(metadata))
+    (n,) = struct.unpack("<Q", blob[:8])
+    model_hash = hashlib.sha256(blob[8 + n:]).hexdigest()
+    legacy = hashlib.sha256(blob[_LEGACY_WINDOW[0]:_LEGACY_WINDOW[1]]).hexdigest()[:8]
+    return model_hash, legacy
+
+
+def save_lora_file(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                   metadata: Mapping[str, str] | None = None, add_hashes: bool = True) -> None:
+    """Write a LoRA state dict atomically: safetensors with metadata and ``sshs_*`` hashes, else ``torch.save``."""
+    tensors = _contiguous_cpu(tensors)
+    with atomic_path(path) as tmp:
+        if Path(path).suffix.lower() == ".safetensors":
+            meta = {k: str(v) for k, v in (metadata or {}).items()}
+            if add_hashes:
+                meta["sshs_model_hash"], meta["sshs_legacy_hash"] = lora_hashes(tensors, meta)
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp), metadata=meta)
+        else:
+            torch.save(tensors, tmp)
+
+
+def file_model_hashes(path: str | os.PathLike) -> tuple[str, str]:
+    """A1111's ``(old 8-hex window hash, new full SHA-256)`` of a model file."""
+    full = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            full.update(chunk)
+        f.seek(_LEGACY_WINDOW[0])
+        window = f.read(_LEGACY_WINDOW[1] - _LEGACY_WINDOW[0])
+    return hashlib.sha256(window).hexdigest()[:8], full.hexdigest()
+
+
+def data_section_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of the bytes after the header of a safetensors file (what ``sshs_model_hash`` should be)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        f.seek(8 + n)
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

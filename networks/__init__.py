@@ -1,0 +1,1 @@
+"""Network-module plugins; every module here is valid as ``--network_module``."""

@@ -1,0 +1,1 @@
+"""Command-line tools: merge, resize, convert and inspect LoRAs and checkpoints."""
