@@ -10,6 +10,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Two cores and pytest-xdist workers: one intra-op thread per worker is far faster than oversubscription.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

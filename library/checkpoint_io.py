@@ -1,0 +1,290 @@
+"""Load and save SD1.x / SD2.x / SDXL checkpoints (single file or diffusers folder).
+
+Loading never holds a second full-precision copy: modules are built on the ``meta`` device, each
+tensor is read on its own (memory-mapped safetensors), cast straight to the target dtype/device
+and assigned with ``load_state_dict(assign=True)``. ``.ckpt``/``.pt`` files are read only with
+``torch.load(weights_only=True)``. Key layouts: FORMAT.md §10–11.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from library import checkpoint_convert as cc
+from library.checkpoint_convert import configs_from_json, configs_to_json, default_configs
+from library.errors import UserError
+from library.safetensors_io import atomic_path, read_header
+
+logger = logging.getLogger(__name__)
+CONFIG_METADATA_KEY = cc.CONFIG_METADATA_KEY
+
+
+@dataclass
+class LoadedModels:
+    """The models of one checkpoint.
+
+    Attributes:
+        family: ``"sd1"``, ``"sd2"`` or ``"sdxl"``.
+        unet: ``diffusers.UNet2DConditionModel`` (SD1/SD2) or ``SdxlUNet`` (SDXL).
+        text_encoders: ``[CLIPTextModel]`` (SD1/SD2) or ``[CLIPTextModel, CLIPTextModelWithProjection]``.
+        vae: ``diffusers.AutoencoderKL``.
+        configs: ``{"unet": dict | SdxlUNetConfig, "text_encoders": [ClipTextConfig, …], "vae": dict}``.
+        extras: Kept-aside tensors by checkpoint key (SDXL ``logit_scale``), written back on save.
+        path: The file or folder loaded from.
+    """
+
+    family: str
+    unet: torch.nn.Module
+    text_encoders: list
+    vae: torch.nn.Module
+    configs: dict
+    extras: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def detect_family(keys: Iterable[str]) -> str:
+    """Return ``"sdxl"``, ``"sd2"`` or ``"sd1"`` from single-file checkpoint keys.
+
+    Raises:
+        UserError: no known text-encoder prefix (not an SD checkpoint).
+    """
+    keys = list(keys)
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd1"
+    raise UserError("checkpoint has no SD1/SD2/SDXL text-encoder keys (cond_stage_model.* / conditioner.embedders.*);"
+                    " is this a LoRA or a VAE? pass a full Stable Diffusion checkpoint")
+
+
+def detect_path_family(path: str | os.PathLike) -> str:
+    """Family of a checkpoint file or diffusers folder, read from its keys/configs without building models."""
+    p = Path(path)
+    if p.is_dir():
+        from library.checkpoint_diffusers import folder_family
+
+        return folder_family(p)
+    return detect_family(open_tensors(p)[0])
+
+
+def check_family(family: str, expected_family: str | None, v2: bool, where: str) -> None:
+    """Raise a UserError naming the right script when ``family`` does not fit the entry point.
+
+    Args:
+        expected_family: ``None`` (no check), ``"sdxl"``, or ``"sd"``/``"sd1"``/``"sd2"`` for train_network.py
+            (SD1 vs SD2 is then decided by ``v2``).
+    """
+    if expected_family is None:
+        return
+    if expected_family == "sdxl" and family != "sdxl":
+        raise UserError(f"{where}: this checkpoint is SD1.x/SD2.x; use train_network.py")
+    if expected_family != "sdxl" and family == "sdxl":
+        raise UserError(f"{where}: this checkpoint is SDXL; use sdxl_train_network.py")
+    if family == "sd2" and not v2:
+        raise UserError(f"{where}: this checkpoint is SD2.x; add --v2")
+    if family == "sd1" and v2:
+        raise UserError(f"{where}: this checkpoint is SD1.x; remove --v2")
+
+
+def build_models(family: str, configs: dict) -> dict[str, torch.nn.Module]:
+    """Build ``{"unet", "te0"[, "te1"], "vae"}`` on the ``meta`` device (no memory for weights)."""
+    from library.models.sd_unet import build_sd_unet
+    from library.models.sdxl_unet import SdxlUNet
+    from library.models.text_encoders import CLIPTextModel, CLIPTextModelWithProjection
+    from library.models.vae import build_vae
+
+    with torch.device("meta"):
+        mods = {"unet": SdxlUNet(configs["unet"]) if family == "sdxl" else build_sd_unet(configs["unet"]),
+                "vae": build_vae(configs["vae"])}
+        for i, cfg in enumerate(configs["text_encoders"]):
+            cls = CLIPTextModelWithProjection if cfg.projection_dim else CLIPTextModel
+            mods[f"te{i}"] = cls(cfg)
+    return mods
+
+
+def _te_layers(family: str, configs: dict) -> dict[str, int]:
+    return {f"te{i}": c.num_hidden_layers for i, c in enumerate(configs["text_encoders"])}
+
+
+def _iter_ckpt(path: Path) -> tuple[list[str], Iterator]:
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) pickles cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: this .ckpt needs pickled code to load; refusing "
+                        "(convert it to .safetensors with a trusted tool)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read this checkpoint ({exc.__class__.__name__}); re-download it") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: not a state dict checkpoint")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return list(sd), iter(sd.items())
+
+
+def open_tensors(path: str | os.PathLike) -> tuple[list[str], dict[str, str], Iterator]:
+    """``(keys, metadata, lazy (key, tensor) iterator)`` of a ``.safetensors`` or ``.ckpt``/``.pt`` file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: checkpoint file not found")
+    if p.suffix.lower() != ".safetensors":
+        keys, it = _iter_ckpt(p)
+        return keys, {}, it
+    header, metadata = read_header(p)
+
+    def gen():
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            for k in header:
+                yield k, f.get_tensor(k)
+
+    return list(header), metadata, gen()
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+
+
+def collect_states(family: str, items: Iterator, configs: dict, dtype, device, where: str):
+    """Route every checkpoint tensor: ``(states per component, extras, unknown keys)``."""
+    states: dict[str, dict] = {"unet": {}, "vae": {}, **{f"te{i}": {} for i in range(len(configs["text_encoders"]))}}
+    extras, unknown = {}, []
+    lpb = configs["unet"]["layers_per_block"] if isinstance(configs["unet"], dict) else configs["unet"].num_res_blocks
+    for key, value in items:
+        r = cc.route_key(family, key, value, lpb, _te_layers(family, configs))
+        if r.kind == "param":
+            states[r.component].update((k, _cast(v, dtype, device)) for k, v in r.pairs)
+        elif r.kind == "extra":
+            extras[r.key] = value
+        elif r.kind == "unknown":
+            unknown.append(key)
+    return states, extras, unknown
+
+
+def assign_state(module: torch.nn.Module, state: dict, name: str, where: str) -> None:
+    """``load_state_dict(assign=True)`` with one-line errors listing up to 5 missing/unexpected keys."""
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing ({', '.join(missing[:5])})" if missing else "",
+                 f"{len(unexpected)} unexpected ({', '.join(unexpected[:5])})" if unexpected else ""]
+        raise UserError(f"{where}: {name} weights do not fit the model: {'; '.join(p for p in parts if p)}; "
+                        "is this the right model family / a complete checkpoint?")
+    module.load_state_dict(state, strict=True, assign=True)
+
+
+def _finish(family: str, mods: dict, states: dict, unknown: list, where: str) -> None:
+    if unknown:
+        logger.warning("%s: ignored %d unknown keys (%s)", where, len(unknown), ", ".join(unknown[:5]))
+    for name in mods:
+        if not states.get(name) and name == "vae":
+            raise UserError(f"{where}: the checkpoint has no VAE (first_stage_model.*); pass one with --vae")
+        assign_state(mods[name], states.get(name, {}), name, where)
+    for m in mods.values():
+        m.eval().requires_grad_(False)
+
+
+def load_models(path: str | os.PathLike, *, expected_family: str | None = None, v2: bool = False,
+                dtype: torch.dtype = torch.float32, device="cpu", vae_path=None) -> LoadedModels:
+    """Load UNet, text encoders and VAE from a single file or a diffusers folder.
+
+    Args:
+        path: ``.safetensors``, ``.ckpt``/``.pt`` or a diffusers folder.
+        expected_family: ``None``, ``"sdxl"`` or ``"sd"``/``"sd1"``/``"sd2"``; a mismatch is a UserError
+            naming the right script (or ``--v2``).
+        v2: The user passed ``--v2``.
+        dtype: Floating-point dtype of every weight.
+        device: Target device of every weight.
+        vae_path: Optional separate VAE file (LDM or diffusers names, with or without ``first_stage_model.``).
+
+    Raises:
+        UserError: missing/corrupt/unsafe file, wrong family, or weights that do not fit.
+    """
+    p = Path(path)
+    if p.is_dir():
+        from library.checkpoint_diffusers import load_diffusers_folder
+
+        models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
+    else:
+        keys, metadata, items = open_tensors(p)
+        family = detect_family(keys)
+        check_family(family, expected_family, v2, str(p))
+        configs = (configs_from_json(metadata[CONFIG_METADATA_KEY], str(p)) if CONFIG_METADATA_KEY in metadata
+                   else {"family": family, **default_configs(family)})
+        configs.pop("family")
+        mods = build_models(family, configs)
+        states, extras, unknown = collect_states(family, items, configs, dtype, device, str(p))
+        unet_unknown = [k for k in unknown if k.startswith(cc.UNET_PREFIX)]
+        if unet_unknown:
+            raise UserError(f"{p}: {len(unet_unknown)} unexpected UNet keys ({', '.join(unet_unknown[:5])})")
+        if vae_path is not None:
+            states["vae"] = load_vae_state(vae_path, configs["vae"], dtype, device)
+        _finish(family, mods, states, unknown, str(p))
+        tes = [mods[f"te{i}"] for i in range(len(configs["text_encoders"]))]
+        models = LoadedModels(family, mods["unet"], tes, mods["vae"], configs, extras, p)
+    if vae_path is not None and p.is_dir():
+        from library.models.vae import build_vae
+
+        with torch.device("meta"):
+            models.vae = build_vae(models.configs["vae"])
+        assign_state(models.vae, load_vae_state(vae_path, models.configs["vae"], dtype, device), "vae", str(vae_path))
+        models.vae.eval().requires_grad_(False)
+    return models
+
+
+def load_vae_state(path: str | os.PathLike, config: dict, dtype, device) -> dict[str, torch.Tensor]:
+    """Read a standalone VAE (LDM or diffusers names, optional ``first_stage_model.`` prefix) as diffusers keys."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.safetensors"))
+        if not files:
+            raise UserError(f"{p}: no .safetensors VAE weights in this folder")
+        p = files[0]
+    _, _, items = open_tensors(p)
+    levels = len(config["block_out_channels"])
+    out = {}
+    for k, v in items:
+        k = k[len(cc.VAE_PREFIX):] if k.startswith(cc.VAE_PREFIX) else k
+        if not k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")):
+            continue  # e.g. model_ema / loss weights in VAE training checkpoints
+        diffusers_style = "_blocks." in k or "mid_block." in k or "conv_norm_out" in k
+        pairs = {k: v}.items() if diffusers_style else cc.keymaps.vae_ldm_to_diffusers({k: v}, levels).items()
+        out.update((kk, _cast(vv, dtype, device)) for kk, vv in pairs)
+    return out
+
+
+def save_models(models: LoadedModels, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Write ``models`` as a single-file checkpoint (atomic); tiny configs go into the metadata.
+
+    Args:
+        models: What :func:`load_models` returned (possibly modified).
+        path: ``.safetensors`` (with ``sd_train.model_config`` metadata) or ``.ckpt`` (``{"state_dict": …}``).
+        dtype: Cast floating-point tensors to this dtype; ``None`` keeps each tensor's dtype.
+    """
+    states = {"unet": models.unet.state_dict(), "vae": models.vae.state_dict()}
+    states.update({f"te{i}": te.state_dict() for i, te in enumerate(models.text_encoders)})
+    sd = cc.to_single_file(models.family, states, models.extras, _te_layers(models.family, models.configs))
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in sd.items()}
+    with atomic_path(path) as tmp:
+        if Path(path).suffix.lower() == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(sd, str(tmp), metadata={CONFIG_METADATA_KEY: configs_to_json(models.family, models.configs)})
+        else:
+            torch.save({"state_dict": sd}, tmp)

@@ -1,0 +1,221 @@
+"""Offline CLIP BPE tokenizer (TRAINING.md §2.3).
+
+The vocabulary is built from ``bpe_simple_vocab_16e6.txt.gz``, which the ``open-clip-torch`` package
+ships; the package is located with ``importlib`` and never imported. Text cleaning and the
+pre-tokenization regex follow transformers 4.x ``CLIPTokenizer`` with ``ftfy`` installed, which is
+what kohya-ss/sd-scripts uses, so the ids are the same.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import ftfy
+import regex
+import torch
+
+from library.errors import UserError
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
+            r"|[^\s\p{L}\p{N}]+")
+_KOHYA_DIRS = {  # kohya-compat: folder names kohya writes under --tokenizer_cache_dir
+    "clip_l": ("openai_clip-vit-large-patch14",),
+    "openclip_bigg": ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k",),
+    "sd2": ("stabilityai_stable-diffusion-2/tokenizer", "stabilityai_stable-diffusion-2"),
+}
+
+
+def byte_unicode_table() -> dict[int, str]:
+    """Map each byte 0..255 to a printable unicode character (GPT-2 / CLIP byte-level BPE).
+
+    Printable Latin-1 bytes map to themselves; the other 68 bytes map, in increasing byte order,
+    to ``chr(256)``, ``chr(257)``, ... The dict's insertion order is the vocabulary order.
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def default_bpe_path() -> Path:
+    """Path of open-clip-torch's bundled ``bpe_simple_vocab_16e6.txt.gz`` (package not imported)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("open-clip-torch is not installed; run `pip install open-clip-torch` "
+                        "(sd-train needs its bundled BPE vocabulary)")
+    path = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        raise UserError(f"{path}: missing from open-clip-torch; reinstall open-clip-torch")
+    return path
+
+
+def builtin_vocabulary(bpe_path: str | os.PathLike | None = None,
+                       num_merges: int = 48894) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Build CLIP's 49,408-entry vocabulary and merge list from the BPE file.
+
+    Args:
+        bpe_path: The ``.txt.gz`` merge file; defaults to :func:`default_bpe_path`.
+        num_merges: How many merges to use (lines 1..num_merges after the header).
+
+    Returns:
+        ``(vocab, merges)``: token string -> id, and merge pairs in priority order.
+    """
+    with gzip.open(bpe_path or default_bpe_path(), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")[1:num_merges + 1]
+    merges = [tuple(line.split()) for line in lines]
+    chars = list(byte_unicode_table().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def resolve_tokenizer_dir(cache_dir: str | os.PathLike | None, kind: str) -> Path | None:
+    """Find kohya's saved tokenizer folder for ``kind`` under ``--tokenizer_cache_dir``.
+
+    Args:
+        cache_dir: The cache folder, or ``None``.
+        kind: ``"clip_l"``, ``"openclip_bigg"`` or ``"sd2"``.
+
+    Returns:
+        The folder holding ``vocab.json`` and ``merges.txt``, or ``None`` when there is none.
+    """
+    if kind not in _KOHYA_DIRS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; use one of {sorted(_KOHYA_DIRS)}")
+    if cache_dir is None:
+        return None
+    for sub in _KOHYA_DIRS[kind]:
+        folder = Path(cache_dir) / sub
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            return folder
+    return None
+
+
+class ClipTokenizer:
+    """CLIP byte-level BPE tokenizer with fixed-length batching.
+
+    Args:
+        vocab: Token string -> id; must contain ``<|startoftext|>`` and ``<|endoftext|>``.
+        merges: BPE merge pairs, highest priority first.
+        pad_token_id: Id used to fill short sequences (49407 for CLIP-L, 0 for OpenCLIP).
+        model_max_length: Default sequence length of :meth:`tokenize`.
+    """
+
+    def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], pad_token_id: int,
+                 model_max_length: int = 77):
+        self.vocab = dict(vocab)
+        self.merges = [tuple(m) for m in merges]
+        self.bos_token_id = self.vocab[BOS_TOKEN]
+        self.eos_token_id = self.vocab[EOS_TOKEN]
+        self.pad_token_id = pad_token_id
+        self.model_max_length = model_max_length
+        self._ranks = {pair: i for i, pair in enumerate(self.merges)}
+        self._specials = {BOS_TOKEN: self.bos_token_id, EOS_TOKEN: self.eos_token_id}
+        self._bytes = byte_unicode_table()
+        self._pattern = regex.compile(_PATTERN, regex.IGNORECASE)
+        self._bpe_cache: dict[str, tuple[str, ...]] = {}  # per instance; plain dict pickles
+
+    @classmethod
+    def clip_l(cls) -> "ClipTokenizer":
+        """OpenAI CLIP-L tokenizer (SD1, SDXL TE1): pads with ``<|endoftext|>`` (49407)."""
+        vocab, merges = builtin_vocabulary()
+        return cls(vocab, merges, pad_token_id=vocab[EOS_TOKEN])
+
+    @classmethod
+    def openclip(cls) -> "ClipTokenizer":
+        """OpenCLIP tokenizer (SD2, SDXL TE2): same vocabulary, pads with id 0 (``!``)."""
+        vocab, merges = builtin_vocabulary()
+        return cls(vocab, merges, pad_token_id=0)  # kohya-compat: TE2 pad forced to "!"
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike, pad_token_id: int) -> "ClipTokenizer":
+        """Load ``vocab.json`` and ``merges.txt`` from a saved transformers tokenizer folder."""
+        folder = Path(path)
+        try:
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            lines = (folder / "merges.txt").read_text(encoding="utf-8").split("\n")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{folder}: cannot read vocab.json/merges.txt ({exc}); "
+                            "fix or remove this tokenizer cache folder") from exc
+        merges = [tuple(ln.split()) for ln in lines if ln.strip() and not ln.startswith("#version")]
+        if BOS_TOKEN not in vocab or EOS_TOKEN not in vocab:
+            raise UserError(f"{folder / 'vocab.json'}: not a CLIP vocabulary (no {BOS_TOKEN}/"
+                            f"{EOS_TOKEN}); fix or remove this tokenizer cache folder")
+        return cls(vocab, merges, pad_token_id=pad_token_id)
+
+    def same_vocabulary(self, other: "ClipTokenizer") -> bool:
+        """Whether ``other`` has identical vocabulary and merges (for the cache-dir warning)."""
+        return self.vocab == other.vocab and self.merges == other.merges
+
+    def _bpe(self, word: str) -> tuple[str, ...]:
+        """Apply the merges to one byte-encoded word; the last symbol carries ``</w>``."""
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            pairs = {(a, b) for a, b in zip(parts, parts[1:])}
+            best = min(pairs, key=lambda p: self._ranks.get(p, float("inf")))
+            if best not in self._ranks:
+                break
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        return tuple(parts)
+
+    @staticmethod
+    def clean(text: str) -> str:
+        """ftfy-fix, collapse whitespace, strip and lower-case (transformers 4.x CLIPTokenizer)."""
+        return regex.sub(r"\s+", " ", ftfy.fix_text(text)).strip().lower()
+
+    def encode_without_specials(self, text: str) -> list[int]:
+        """Token ids of ``text`` without BOS/EOS and without truncation."""
+        ids: list[int] = []
+        for piece in self._pattern.findall(self.clean(text)):
+            if piece in self._specials:
+                ids.append(self._specials[piece])
+                continue
+            word = "".join(self._bytes[b] for b in piece.encode("utf-8"))
+            if word not in self._bpe_cache:
+                self._bpe_cache[word] = self._bpe(word)
+            ids.extend(self.vocab.get(t, self.eos_token_id) for t in self._bpe_cache[word])
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """``[BOS] + ids + [EOS]`` for one caption, not truncated."""
+        return [self.bos_token_id, *self.encode_without_specials(text), self.eos_token_id]
+
+    def tokenize(self, texts: str | list[str], max_length: int | None = None) -> torch.Tensor:
+        """Encode a batch to fixed length.
+
+        Each row is ``BOS + tokens[:max_length - 2] + EOS``, then ``pad_token_id`` up to
+        ``max_length``, so truncation always keeps EOS.
+
+        Args:
+            texts: One caption or a list of captions.
+            max_length: Row length; defaults to ``model_max_length`` (77).
+
+        Returns:
+            ``(B, max_length)`` int64 ids.
+        """
+        length = max_length or self.model_max_length
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        rows = []
+        for text in batch:
+            body = self.encode_without_specials(text)[: length - 2]
+            row = [self.bos_token_id, *body, self.eos_token_id]
+            rows.append(row + [self.pad_token_id] * (length - len(row)))
+        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), length)
