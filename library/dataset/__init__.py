@@ -1,0 +1,24 @@
+"""The dataset layer: declaration -> plan -> pre-pass -> bucket batches (DATASET.md).
+
+Typical use by the trainer::
+
+    plan = build_plan(CliDefaults(dataset_config="data.toml"))
+    data = prepare(plan, seed=42, bucket_step_multiple=32, is_sdxl=True)
+    print(data.format_report())
+    train = BucketBatchDataset(data.train, dataset_seed=123)
+    cache_latents(train, vae_sample_fn, batch_size=4, to_disk=True, family_tag="sdxl")
+"""
+
+from library.dataset.config import CliDefaults
+from library.dataset.dataset import BucketBatchDataset, collate_first
+from library.dataset.latent_cache import cache_latents, cache_text_encoder_outputs
+from library.dataset.plan import build_plan, plan_from_data
+from library.dataset.prepare import PreparedData, prepare
+from library.dataset.records import ImageRecord, PreparedDataset
+from library.dataset.specs import DatasetPlan, DatasetSpec, SubsetSpec
+
+__all__ = [
+    "BucketBatchDataset", "CliDefaults", "DatasetPlan", "DatasetSpec", "ImageRecord",
+    "PreparedData", "PreparedDataset", "SubsetSpec", "build_plan", "cache_latents",
+    "cache_text_encoder_outputs", "collate_first", "plan_from_data", "prepare",
+]

@@ -1,0 +1,329 @@
+"""The pre-pass: scan images and captions, check every image header, split, balance, bucket.
+
+Runs before any model is loaded; reads headers only (DATASET.md §4, §6, §8, §9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from library.dataset import buckets as bk
+from library.dataset import scan
+from library.dataset.captions import CaptionOptions, count_tags
+from library.dataset.records import ImageRecord, PreparedDataset, SubsetStats
+from library.dataset.specs import DatasetPlan, DatasetSpec, SubsetSpec
+from library.dataset.split import balance_reg, split_validation
+from library.errors import UserError
+
+
+def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
+                          warnings: list[str]) -> None:
+    """Validate/round the bucket settings of one dataset in place (DATASET.md §3.1)."""
+    where = f"datasets[{index}]"
+    steps = spec.bucket_reso_steps
+    if steps <= 0 or steps % step_multiple:
+        raise UserError(f"{where}.bucket_reso_steps = {steps}: must be a multiple of "
+                        f"{step_multiple} for this model")
+    if not spec.enable_bucket:
+        return
+    if spec.bucket_no_upscale:
+        warnings.append(f"{where}: bucket_no_upscale ignores min/max_bucket_reso")
+        return
+    if spec.min_bucket_reso % steps:
+        spec.min_bucket_reso -= spec.min_bucket_reso % steps
+        warnings.append(f"{where}: min_bucket_reso rounded down to {spec.min_bucket_reso}")
+    if spec.max_bucket_reso % steps:
+        spec.max_bucket_reso += steps - spec.max_bucket_reso % steps
+        warnings.append(f"{where}: max_bucket_reso rounded up to {spec.max_bucket_reso}")
+    if spec.min_bucket_reso > min(spec.resolution):
+        raise UserError(f"{where}: min_bucket_reso {spec.min_bucket_reso} must be <= "
+                        f"min(resolution) {min(spec.resolution)}")
+    if spec.max_bucket_reso < max(spec.resolution):
+        raise UserError(f"{where}: max_bucket_reso {spec.max_bucket_reso} must be >= "
+                        f"max(resolution) {max(spec.resolution)}")
+
+
+def _orphans(sub: SubsetSpec, images: list[str]) -> list[str]:
+    ext = sub.caption_extension
+    if not ext:
+        return []
+    stems = {os.path.splitext(p)[0] for p in images}
+    return sorted(os.path.join(sub.image_dir, n) for n in os.listdir(sub.image_dir)
+                  if n.endswith(ext) and os.path.join(sub.image_dir, n)[:-len(ext)] not in stems)
+
+
+def _conditioning(sub: SubsetSpec, images: list[str]) -> dict[str, str]:
+    conds = scan.list_images(sub.conditioning_data_dir)
+    by_stem = {os.path.splitext(os.path.basename(p))[0]: p for p in conds}
+    stems = {os.path.splitext(os.path.basename(p))[0] for p in images}
+    missing = sorted(stems - set(by_stem))
+    extra = sorted(set(by_stem) - stems)
+    if missing or extra:
+        raise UserError(f"{sub.conditioning_data_dir}: conditioning images do not match "
+                        f"{sub.image_dir}: missing {missing[:10]}, without image {extra[:10]}")
+    return {p: by_stem[os.path.splitext(os.path.basename(p))[0]] for p in images}
+
+
+def _scan_folder(sub: SubsetSpec, si: int, stats: SubsetStats) -> list[ImageRecord]:
+    images = scan.list_images(sub.image_dir)
+    cache = scan.load_cache_info(sub.image_dir) if sub.cache_info else {}
+    conds = _conditioning(sub, images) if sub.kind == "CN" else {}
+    records = []
+    for path in images:
+        cached = cache.get(path)
+        size = scan.check_image(path)
+        caption = cached["caption"] if cached else scan.find_caption(
+            path, sub.caption_extension, sub.enable_wildcard)
+        found = caption is not None
+        if not found:
+            stats.captions_missing += 1
+            caption = sub.class_tokens or ""
+        if not caption:
+            stats.empty_captions += 1
+        records.append(ImageRecord(path=path, caption=caption, size=size, subset=si,
+                                   is_reg=sub.is_reg, num_repeats=sub.num_repeats,
+                                   face=scan.face_info(path), cond_path=conds.get(path),
+                                   caption_found=found))
+    stats.orphan_captions = _orphans(sub, images)
+    if sub.cache_info:
+        scan.save_cache_info(sub.image_dir, {r.path: {"caption": r.caption,
+                                                      "resolution": list(r.size)}
+                                             for r in records})
+    return records
+
+
+def _scan_metadata(sub: SubsetSpec, si: int, stats: SubsetStats) -> list[ImageRecord]:
+    rows = scan.load_metadata(sub.metadata_file, sub.image_dir, sub.caption_separator,
+                              sub.enable_wildcard)
+    records = []
+    for row in rows:
+        path = scan.resolve_image_path(row["path"])
+        size = scan.check_image(path)
+        if not row["caption"]:
+            stats.empty_captions += 1
+        records.append(ImageRecord(path=path, caption=row["caption"], size=size, subset=si,
+                                   num_repeats=sub.num_repeats, face=scan.face_info(path),
+                                   tags=row["tags"]))
+    return records
+
+
+def _subset_key(sub: SubsetSpec):
+    return (sub.image_dir, sub.metadata_file, sub.conditioning_data_dir)
+
+
+def scan_dataset(spec: DatasetSpec, warnings: list[str]):
+    """Scan every subset of one dataset; returns ``(stats, records)``; duplicates are skipped."""
+    seen, stats_list, records = set(), [], []
+    for si, sub in enumerate(spec.subsets):
+        stats = SubsetStats(spec=sub, caption_options=CaptionOptions.from_subset(sub))
+        stats_list.append(stats)
+        if _subset_key(sub) in seen:
+            stats.duplicate = True
+            warnings.append(f"subset {_subset_key(sub)[0] or sub.metadata_file} appears twice in "
+                            "one dataset; the later one is ignored")
+            continue
+        seen.add(_subset_key(sub))
+        found = _scan_metadata(sub, si, stats) if sub.kind == "FT" else _scan_folder(sub, si, stats)
+        stats.img_count = len(found)
+        if not found:
+            warnings.append(f"{sub.image_dir or sub.metadata_file}: no images found")
+        records += found
+    return stats_list, records
+
+
+def assign_buckets(spec: DatasetSpec, records: list[ImageRecord]) -> list:
+    """Set ``bucket``/``resized``/``ar_error`` on every record and group the samples.
+
+    Returns:
+        ``[(bucket_wh, [(record_index, repeat_index), ...])]`` sorted by bucket ``(w, h)``.
+    """
+    res = spec.resolution
+    if spec.enable_bucket and not spec.bucket_no_upscale:
+        bucket_list = bk.make_bucket_list(res, spec.min_bucket_reso, spec.max_bucket_reso,
+                                          spec.bucket_reso_steps)
+    elif not spec.enable_bucket:
+        bucket_list = [tuple(res)]
+    groups: dict = {}
+    for i, rec in enumerate(records):
+        if spec.enable_bucket and spec.bucket_no_upscale:
+            choice = bk.no_upscale_bucket(rec.size, res[0] * res[1], spec.bucket_reso_steps)
+        else:
+            choice = bk.assign_bucket(rec.size, bucket_list)
+        if min(choice.bucket) <= 0:  # sd-train: kohya would build a zero-sized bucket
+            raise UserError(f"{rec.path}: {rec.size[0]}x{rec.size[1]} is smaller than "
+                            f"bucket_reso_steps {spec.bucket_reso_steps}; remove or enlarge it")
+        rec.bucket, rec.resized, rec.ar_error = choice.bucket, choice.resized, choice.ar_error
+        groups.setdefault(rec.bucket, []).extend((i, k) for k in range(rec.num_repeats))
+    return sorted(groups.items())
+
+
+def _tag_frequency(stats: list[SubsetStats], records: list[ImageRecord]) -> dict:
+    freq: dict = {}
+    for si, st in enumerate(stats):
+        sub = st.spec
+        if sub.kind == "FT":
+            name, texts = os.path.basename(sub.metadata_file), [
+                r.tags for r in records if r.subset == si]
+        else:
+            name, texts = os.path.basename(sub.image_dir), [
+                r.caption for r in records if r.subset == si]
+        count_tags(texts, freq.setdefault(name, {}))
+    return freq
+
+
+def _balance(ds: PreparedDataset) -> None:
+    reg = [r for r in ds.records if r.is_reg]
+    total = sum(r.num_repeats for r in ds.records if not r.is_reg)
+    ds.num_train_images = total
+    ds.num_reg_images = sum(r.num_repeats for r in reg)
+    if not reg:
+        return
+    counts = balance_reg([r.num_repeats for r in reg], total)
+    for rec, n in zip(reg, counts):
+        rec.num_repeats = n
+    unused = counts.count(0)
+    if unused:
+        ds.warnings.append(f"datasets[{ds.index}]: {unused} regularization images are not used "
+                           f"(more than the {total} training samples)")
+    ds.records = [r for r in ds.records if r.num_repeats > 0]
+
+
+def _split(spec: DatasetSpec, records: list[ImageRecord], seed: int, warnings: list[str]):
+    split = spec.validation_split
+    if split and not 0 < split <= 1:
+        warnings.append(f"validation_split {split} is outside (0, 1]; no validation split")
+    if not 0 < split <= 1:
+        return records, []
+    vseed = spec.validation_seed if spec.validation_seed is not None else seed
+    train, val = [], []
+    for si in sorted({r.subset for r in records}):
+        subset_recs = [r for r in records if r.subset == si]
+        if subset_recs[0].is_reg:
+            train += subset_recs
+            continue
+        keep, held = split_validation(subset_recs, split, vseed)
+        kept = {id(r) for r in keep}
+        train += [r for r in subset_recs if id(r) in kept]
+        val += [dataclasses.replace(r, num_repeats=1) for r in held]
+    return train, val
+
+
+def prepare_dataset(spec: DatasetSpec, index: int, plan: DatasetPlan, seed: int,
+                    step_multiple: int) -> tuple[PreparedDataset, PreparedDataset | None]:
+    """Pre-pass of one dataset: returns the training dataset and its validation twin or None."""
+    warnings: list[str] = []
+    check_bucket_settings(spec, index, step_multiple, warnings)
+    stats, records = scan_dataset(spec, warnings)
+    if spec.enable_bucket and any(s.face_crop_aug_range for s in spec.subsets):
+        # kohya-compat: face crops are applied only without bucketing.
+        warnings.append(f"datasets[{index}]: face_crop_aug_range is ignored with enable_bucket")
+    if not records:
+        dirs = ", ".join(s.image_dir or s.metadata_file for s in spec.subsets)
+        raise UserError(f"datasets[{index}]: no images found in {dirs} (extensions: "
+                        f"{' '.join(scan.image_extensions())})")
+    if any(r.is_reg for r in records) and spec.kind == "FT":
+        raise UserError(f"datasets[{index}]: regularization subsets need a DreamBooth dataset")
+    train, val = _split(spec, records, seed, warnings)
+    if not any(not r.is_reg for r in train):
+        raise UserError(f"datasets[{index}]: validation_split {spec.validation_split} leaves no "
+                        "training images; lower it")
+    common = dict(spec=spec, index=index, subsets=stats, prior_loss_weight=plan.prior_loss_weight,
+                  max_train_steps=plan.max_train_steps)
+    ds = PreparedDataset(records=train, warnings=warnings, **common)
+    _balance(ds)
+    ds.buckets = assign_buckets(spec, ds.records)
+    ds.tag_frequency = _tag_frequency(stats, records)
+    if not val:
+        return ds, None
+    vds = PreparedDataset(records=val, is_validation=True, **common)
+    vds.num_train_images = len(val)
+    vds.buckets = assign_buckets(spec, vds.records)
+    return ds, vds
+
+
+class PreparedData:
+    """Everything the pre-pass found, for all datasets of a plan.
+
+    Attributes:
+        plan: the declaration it came from.
+        train: prepared training datasets (one per plan dataset).
+        validation: validation twins (possibly empty).
+        warnings: every warning of plan and scan, in order.
+        is_sdxl: the model family given to :func:`prepare`.
+    """
+
+    def __init__(self, plan: DatasetPlan, train: list, validation: list, warnings: list[str],
+                 is_sdxl: bool = False):
+        self.plan = plan
+        self.is_sdxl = is_sdxl
+        self.train = train
+        self.validation = validation
+        self.warnings = warnings
+
+    @property
+    def num_train_images(self) -> int:
+        """Training samples with repeats, regularization excluded (``ss_num_train_images``)."""
+        return sum(ds.num_train_images for ds in self.train)
+
+    @property
+    def num_reg_images(self) -> int:
+        """Regularization samples with repeats before balancing (``ss_num_reg_images``)."""
+        return sum(ds.num_reg_images for ds in self.train)
+
+    @property
+    def num_validation_images(self) -> int:
+        """Validation images (``ss_num_validation_images``)."""
+        return sum(len(ds.records) for ds in self.validation)
+
+    @property
+    def tag_frequency(self) -> dict:
+        """``{dir_name: {tag: count}}`` merged over datasets; a folder is counted once."""
+        merged: dict = {}
+        for ds in self.train:
+            for name, freq in ds.tag_frequency.items():
+                merged.setdefault(name, freq)
+        return merged
+
+    def report(self) -> dict:
+        """The dataset report of DATASET.md §11 as a JSON-ready dict."""
+        from library.dataset.report import build_report
+
+        return build_report(self)
+
+    def format_report(self) -> str:
+        """The report as human-readable text (printed at the start of training)."""
+        from library.dataset.report import format_report
+
+        return format_report(self.report())
+
+    def metadata_fields(self, from_config: bool | None = None) -> dict:
+        """The ss_* dataset entries (FORMAT.md §4) as Python values (the caller str()s them)."""
+        from library.dataset.report import metadata_fields
+
+        if from_config is None:
+            from_config = self.plan.mode == "config"
+        return metadata_fields(self, from_config)
+
+
+def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
+            is_sdxl: bool) -> PreparedData:
+    """Scan, check, split, balance and bucket every dataset of ``plan`` (no model needed).
+
+    Args:
+        plan: from ``build_plan``.
+        seed: the run seed (validation split fallback seed).
+        bucket_step_multiple: 32 for SDXL, 64 for SD1/2.
+        is_sdxl: the model family (kept on the result for cache file names).
+
+    Raises:
+        UserError: a bad image, caption file, bucket setting or an empty dataset.
+    """
+    train, validation, warnings = [], [], list(plan.warnings)
+    for i, spec in enumerate(plan.datasets):
+        ds, vds = prepare_dataset(spec, i, plan, seed, bucket_step_multiple)
+        train.append(ds)
+        warnings += ds.warnings
+        if vds is not None:
+            validation.append(vds)
+    return PreparedData(plan, train, validation, warnings, is_sdxl)
