@@ -1,0 +1,100 @@
+"""Declarative training options: one frozen dataclass per group, kohya flag names verbatim.
+
+``TrainOptions`` bundles the groups. ``sd_train.cli`` generates the argparse parser, the
+``--config_file`` converter and ``--output_config`` from the field metadata (see
+``sd_train.options.base.opt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from sd_train.options.dataset import DatasetOptions
+from sd_train.options.logging import LoggingOptions
+from sd_train.options.model import ModelOptions
+from sd_train.options.network import NetworkOptions
+from sd_train.options.optimizer import OptimizerOptions
+from sd_train.options.sampling import SamplingOptions
+from sd_train.options.saving import SavingOptions
+from sd_train.options.training import TrainingOptions
+
+GROUPS: dict[str, type] = {
+    "model": ModelOptions,
+    "dataset": DatasetOptions,
+    "training": TrainingOptions,
+    "optimizer": OptimizerOptions,
+    "network": NetworkOptions,
+    "saving": SavingOptions,
+    "logging": LoggingOptions,
+    "sampling": SamplingOptions,
+}
+
+
+def option_fields(entry: str = "sdxl") -> Iterator[tuple[str, dataclasses.Field]]:
+    """Yield ``(group_name, field)`` for every option of an entry point, in flag-definition order.
+
+    Args:
+        entry: ``"sd"`` (train_network.py) or ``"sdxl"`` (sdxl_train_network.py, all flags).
+    """
+    for group_name, group_cls in GROUPS.items():
+        for f in dataclasses.fields(group_cls):
+            if entry == "sd" and f.metadata["sdxl_only"]:
+                continue
+            yield group_name, f
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """All options of one run, by group. ``namespace()`` gives kohya's flat ``args`` view."""
+
+    model: ModelOptions = field(default_factory=ModelOptions)
+    dataset: DatasetOptions = field(default_factory=DatasetOptions)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+    optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
+    network: NetworkOptions = field(default_factory=NetworkOptions)
+    saving: SavingOptions = field(default_factory=SavingOptions)
+    logging: LoggingOptions = field(default_factory=LoggingOptions)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> "TrainOptions":
+        """Build from a flat ``{flag_name: value}`` dict; missing names keep their defaults.
+
+        Raises:
+            KeyError: A name that is not an option.
+        """
+        known = {f.name for _, f in option_fields("sdxl")}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"not options: {', '.join(unknown)}")
+        groups = {}
+        for name, group_cls in GROUPS.items():
+            names = {f.name for f in dataclasses.fields(group_cls)}
+            groups[name] = group_cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**groups)
+
+    def flat(self) -> dict[str, Any]:
+        """Every option as ``{kohya_flag_name: value}`` in flag-definition order."""
+        out: dict[str, Any] = {}
+        for name in GROUPS:
+            out.update(dataclasses.asdict(getattr(self, name)))
+        return out
+
+    def replace(self, **changes: Any) -> "TrainOptions":
+        """Return a copy with some options changed, given by flat kohya names."""
+        values = self.flat()
+        values.update(changes)
+        return TrainOptions.from_flat(values)
+
+    def namespace(self) -> argparse.Namespace:
+        """kohya's flat ``args``: one attribute per flag (what plugins' ``prepare_network`` get)."""
+        return argparse.Namespace(**self.flat())
+
+
+__all__ = [
+    "GROUPS", "TrainOptions", "option_fields", "DatasetOptions", "LoggingOptions", "ModelOptions",
+    "NetworkOptions", "OptimizerOptions", "SamplingOptions", "SavingOptions", "TrainingOptions",
+]
