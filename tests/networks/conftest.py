@@ -1,0 +1,34 @@
+"""Fixtures for the network tests: one CPU thread (the CI box has 2 shared cores) and cached models."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: helpers and the fake plugin live here
+
+import netkit  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(kind: str) -> netkit.ModelCase:
+    return netkit.CASES[kind]()
+
+
+@pytest.fixture
+def make_case():
+    """``make_case(kind)`` -> a fresh deep copy of the cached ``toy``/``sdxl``/``sd15`` ModelCase."""
+    return lambda kind: copy.deepcopy(_built(kind))
