@@ -1,7 +1,7 @@
 """Benchmark: resize a full-size SDXL rank-128 LoRA to rank 32, factor SVD vs dense SVD per module.
 
 The LoRA has kohya's SDXL key set (``lora_keys_sdxl.tsv``: UNet + both text encoders, 986 modules)
-with random weights, generated module by module. The fast path (``library.lora_math.resize_factors``:
+with random weights, generated module by module. The fast path (``library.lora_svd.resize_factors``:
 QR of both factors + SVD of the 128×128 core) runs on every module. The dense path (kohya: form
 ``up @ down`` and call ``torch.linalg.svd`` with full matrices) is timed once per distinct module
 shape and extrapolated by the number of modules of that shape (say so in the output).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from library.lora_math import resize_factors
+from library.lora_svd import resize_factors
 
 DEFAULT_KEYS = Path(__file__).resolve().parents[1] / "tests" / "tools" / "data" / "lora_keys_sdxl.tsv.gz"
 

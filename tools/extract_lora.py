@@ -19,7 +19,7 @@ import torch
 from library.errors import UserError, run_cli
 from library.lora_convert import TE_RE, checkpoint_family, checkpoint_targets, scaled_delta_rows
 from library.lora_file import check_output, load_tensors, write_lora
-from library.lora_math import extract_factors
+from library.lora_svd import extract_factors
 from library.safetensors_io import read_header
 from tools._common import PRECISIONS, add_common, device_of, dtype_of, lora_metadata, progress
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from library.lora_file import read_lora
-from library.lora_math import delta_weight, svd_merge_factors
+from library.lora_math import delta_weight
+from library.lora_svd import svd_merge_factors
 from library.safetensors_io import read_header, read_metadata
 from tools import extract_lora, merge_lora, svd_merge_lora
 

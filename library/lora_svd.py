@@ -1,0 +1,248 @@
+"""Exact SVD of low-rank LoRA products, rank selection and clamping (TOOLS.md §2–§5).
+
+``ΔW = up @ down`` has rank ≤ R, so its SVD comes from a QR of each factor and the SVD of an R×R
+core: ``O((out + n)·R²)`` instead of the dense ``O(out·n·min(out, n))``. Shared by resize_lora,
+svd_merge_lora, merge_lora and extract_lora.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from library.lora_math import lora_scale
+
+
+
+ZERO_SV = 1e-6  # kohya-compat: resize_lora's MIN_SV, below which a module counts as all-zero
+
+
+def _fix_signs(u: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip each (u, v) pair so the largest-magnitude entry of every ``u`` column is positive."""
+    if u.shape[1] == 0:
+        return u, vh
+    idx = u.abs().argmax(dim=0)
+    sign = torch.sign(u[idx, torch.arange(u.shape[1], device=u.device)])
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return u * sign, vh * sign[:, None]
+
+
+def product_svd(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of ``up @ down`` computed from the factors (QR of both + SVD of the R×R core).
+
+    Args:
+        up: ``(out, R)`` matrix (conv factors must be flattened by the caller).
+        down: ``(R, n)`` matrix, same dtype and device as ``up``.
+
+    Returns:
+        ``(U (out, m), S (m,), Vh (m, n))`` with ``m = min(R, out, n)``, ``S`` descending,
+        ``U @ diag(S) @ Vh == up @ down`` to rounding, signs fixed by :func:`_fix_signs`. When
+        ``R >= min(out, n)`` the dense product is decomposed instead (it is then no larger).
+    """
+    out, rank = up.shape
+    n = down.shape[1]
+    if rank >= min(out, n):
+        u, s, vh = torch.linalg.svd(up @ down, full_matrices=False)
+    else:
+        qb, rb = torch.linalg.qr(up)
+        qa, ra = torch.linalg.qr(down.T)
+        um, s, vmh = torch.linalg.svd(rb @ ra.T)
+        u, vh = qb @ um, vmh @ qa.T
+    u, vh = _fix_signs(u, vh)
+    return u, s, vh
+
+
+def truncate_svd(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(up (out, k), down (k, n))`` with ``up = U[:, :k]·diag(S[:k])``; missing columns (k > len(S)) are zero."""
+    m = min(k, s.shape[0])
+    up = u[:, :m] * s[:m]
+    down = vh[:m]
+    if k > m:
+        up = torch.cat([up, up.new_zeros(up.shape[0], k - m)], dim=1)
+        down = torch.cat([down, down.new_zeros(k - m, down.shape[1])], dim=0)
+    return up, down
+
+
+def padded_singular_values(s: torch.Tensor, full_len: int) -> torch.Tensor:
+    """``S`` padded with zeros to ``min(out, n)`` so dynamic rules see the dense SVD's spectrum."""
+    return torch.cat([s, s.new_zeros(max(0, full_len - s.shape[0]))])
+
+
+def dynamic_rank(s: torch.Tensor, method: str, param: float) -> int:
+    """Rank picked by kohya's dynamic rules (TOOLS.md §3) from a descending spectrum ``s``.
+
+    Args:
+        s: singular values padded to ``min(out, n)`` (see :func:`padded_singular_values`).
+        method: ``sv_ratio``, ``sv_cumulative`` or ``sv_fro``.
+        param: the rule's parameter (ratio, or target fraction in (0, 1]).
+
+    Returns:
+        ``k >= 1`` before any cap; 1 for an all-zero matrix.
+    """
+    s = s.double()
+    if s.numel() == 0 or float(s[0]) <= ZERO_SV:
+        return 1
+    n = s.shape[0]
+    if method == "sv_ratio":
+        idx = int((s > s[0] / param).sum())
+    elif method == "sv_cumulative":
+        idx = int(torch.searchsorted(torch.cumsum(s, 0) / s.sum(), torch.tensor(float(param), dtype=s.dtype))) + 1
+    elif method == "sv_fro":
+        sq = s.pow(2)
+        idx = int(torch.searchsorted(torch.cumsum(sq, 0) / sq.sum(), torch.tensor(float(param) ** 2, dtype=s.dtype))) + 1
+    else:
+        raise ValueError(f"unknown dynamic method {method!r}")
+    return 1 + max(1, min(idx, n - 1))
+
+
+def retention_stats(s: torch.Tensor, k: int) -> tuple[float, float, float]:
+    """kohya's resize report: fraction of ``Σσ`` and of the Frobenius norm kept, and ``σ₀ / σ_{k−1}``."""
+    s = s.double()
+    total, fro = float(s.sum()), float(s.pow(2).sum())
+    if total <= 0:
+        return 1.0, 1.0, 1.0
+    kept = s[:k]
+    last = float(kept[-1]) if kept.numel() else 0.0
+    ratio = float(s[0]) / last if last > 0 else float("inf")
+    return float(kept.sum()) / total, (float(kept.pow(2).sum()) / fro) ** 0.5, ratio
+
+
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile`` (linear interpolation) without its input-size limit."""
+    if values.numel() <= 16_000_000:
+        return torch.quantile(values, q)
+    v = values.sort().values
+    pos = q * (v.numel() - 1)
+    lo = int(pos)
+    hi = min(lo + 1, v.numel() - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def clamp_quantile(up: torch.Tensor, down: torch.Tensor, q: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamp both factors to ``[-h, h]``, ``h`` = the ``q`` quantile of their concatenated signed values (kohya)."""
+    dist = torch.cat([up.flatten(), down.flatten()]).float()
+    hi = _quantile(dist, q).to(up.dtype)
+    return up.clamp(-hi, hi), down.clamp(-hi, hi)
+
+
+def flatten_factors(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matrices of LoRA factors: ``up (out, r)`` and ``down (r, in·kh·kw)``."""
+    return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
+
+
+def unflatten_factors(up: torch.Tensor, down: torch.Tensor, down_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reshape matrix factors back to the layout of ``down_shape`` (``(r, in)`` or ``(r, in, kh, kw)``)."""
+    k = down.shape[0]
+    if len(down_shape) == 2:
+        return up, down
+    return up.reshape(up.shape[0], k, 1, 1), down.reshape(k, *down_shape[1:])
+
+
+def resize_factors(down: torch.Tensor, up: torch.Tensor, alpha: float | None, max_rank: int,
+                   method: str | None = None, param: float | None = None,
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, float, tuple]:
+    """Resize one LoRA module (kohya ``resize_lora`` semantics, exact factor SVD of TOOLS.md §2).
+
+    Args:
+        down: ``(r, in)`` or ``(r, in, kh, kw)``.
+        up: ``(out, r)`` or ``(out, r, 1, 1)``.
+        alpha: stored alpha (None: ``r``).
+        max_rank: target rank, or the cap for a dynamic method.
+        method: None, ``sv_ratio``, ``sv_cumulative`` or ``sv_fro``.
+        param: the dynamic method's parameter.
+        device: where the QR/SVD run.
+
+    Returns:
+        ``(new_down, new_up, new_alpha, (S padded to min(out, n), k))`` in float32 on the CPU;
+        ``new_alpha = alpha / r · k`` keeps the effective scale.
+    """
+    rank = down.shape[0]
+    u2, d2 = flatten_factors(up.to(device, torch.float32), down.to(device, torch.float32))
+    u, s, vh = product_svd(u2, d2)
+    s_full = padded_singular_values(s, min(u2.shape[0], d2.shape[1]))
+    k = dynamic_rank(s_full, method, param) if method else max_rank
+    if float(s_full[0]) <= ZERO_SV:
+        k = 1
+    k = max(1, min(k, max_rank, u2.shape[0], d2.shape[1]))
+    new_up, new_down = truncate_svd(u, s, vh, k)
+    new_up, new_down = unflatten_factors(new_up.cpu(), new_down.cpu(), tuple(down.shape))
+    scale = (float(alpha) if alpha else rank) / rank
+    return new_down, new_up, scale * k, (s_full.cpu(), k)
+
+
+def svd_merge_factors(items, rank: int, device: torch.device | str | None = None,
+                      clamp: float | None = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge several LoRAs of one module into rank ``rank`` (``svd_merge_lora``, TOOLS.md §4).
+
+    Args:
+        items: ``(down, up, alpha, weight)`` per input; ``weight`` = ratio (× layer-block weight).
+            All downs must flatten to the same ``(·, n)`` and ups to ``(out, ·)``.
+        rank: output rank before the cap ``min(rank, out, n)``.
+        device: where the QR/SVD run.
+        clamp: quantile of the signed-value clamp, None for none.
+
+    Returns:
+        ``(down, up)`` in float32 on the CPU, shaped like the first input's factors; use alpha = rank.
+    """
+    ups, downs = [], []
+    for down, up, alpha, weight in items:
+        u2, d2 = flatten_factors(up.to(device, torch.float32), down.to(device, torch.float32))
+        ups.append(u2 * (float(weight) * lora_scale(alpha, down.shape[0])))
+        downs.append(d2)
+    big_up, big_down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
+    u, s, vh = product_svd(big_up, big_down)
+    k = min(rank, big_up.shape[0], big_down.shape[1])
+    new_up, new_down = truncate_svd(u, s, vh, k)
+    if clamp is not None:
+        new_up, new_down = clamp_quantile(new_up, new_down, clamp)
+    up_o, down_o = unflatten_factors(new_up.cpu(), new_down.cpu(), tuple(items[0][0].shape))
+    return down_o, up_o
+
+
+def concat_merge(items) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Exact LoRA sum by concatenating ranks (``merge_lora --concat``).
+
+    Args:
+        items: ``(down, up, alpha, ratio)`` per input, factors shaped alike except for the rank.
+
+    Returns:
+        ``(down (ΣR, …), up (out, ΣR, …), alpha = ΣR)``: with scale 1 the product equals
+        ``Σ ratio_i · alpha_i / r_i · up_i @ down_i``. Each input's coefficient is split as
+        ``sqrt(|c|)`` on both factors and its sign on ``up``.
+    """
+    downs, ups = [], []
+    shape = items[0][0].shape[1:]
+    for down, up, alpha, ratio in items:
+        c = float(ratio) * lora_scale(alpha, down.shape[0])
+        root = abs(c) ** 0.5
+        downs.append(down.float().reshape(down.shape[0], *shape) * root)
+        ups.append(up.float().reshape(up.shape[0], down.shape[0], *up.shape[2:]) * (root if c >= 0 else -root))
+    down, up = torch.cat(downs, dim=0), torch.cat(ups, dim=1)
+    return down, up, float(down.shape[0])
+
+
+def shuffle_ranks(down: torch.Tensor, up: torch.Tensor, generator: torch.Generator | None = None):
+    """Permute the rank channels of a module (same permutation for ``down`` rows and ``up`` columns)."""
+    perm = torch.randperm(down.shape[0], generator=generator)
+    return down[perm], up[:, perm]
+
+
+def extract_factors(delta: torch.Tensor, rank: int, clamp: float | None = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA factors of a weight difference (``extract_lora``): reduced SVD, ``up = U·diag(S)``, ``down = Vh``.
+
+    Args:
+        delta: ``(out, in)`` or ``(out, in, kh, kw)`` float tensor (tuned − original).
+        rank: requested rank, capped at ``min(out, in·kh·kw)``.
+        clamp: signed-value quantile clamp (kohya's ``--clamp_quantile``), None for none.
+
+    Returns:
+        ``(down, up)`` shaped ``(k, in[, kh, kw])`` and ``(out, k[, 1, 1])``, on ``delta``'s device.
+    """
+    mat = delta.reshape(delta.shape[0], -1).float()
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    u, vh = _fix_signs(u, vh)
+    up, down = truncate_svd(u, s, vh, min(rank, *mat.shape))
+    if clamp is not None:
+        up, down = clamp_quantile(up, down, clamp)
+    if delta.dim() == 2:
+        return down, up
+    return down.reshape(down.shape[0], *delta.shape[1:]), up.reshape(up.shape[0], up.shape[1], 1, 1)
