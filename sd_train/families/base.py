@@ -1,0 +1,210 @@
+"""The model-family strategy object: the only model-specific code on the training path.
+
+A family loads the models, tokenizes and encodes captions, and runs the UNet. It replaces
+kohya's ~40 overridable ``NetworkTrainer`` hooks with one narrow object (ARCHITECTURE.md §3.3).
+Shared here: long-caption chunking (TRAINING.md §3.1) and re-joining of chunk states (§3.2).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+CHUNK = 77  # kohya-compat: CLIP context length; long captions are cut into 77-token chunks
+
+
+@dataclass
+class Conds:
+    """Text conditioning of one batch.
+
+    Attributes:
+        context: (B, L, D) hidden states fed to cross-attention (L = 77, 152 or 227).
+        pooled: (B, P) pooled TE2 output (SDXL only), else ``None``.
+    """
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def to(self, device, dtype=None) -> "Conds":
+        """Move (and optionally cast) both tensors."""
+        pooled = None if self.pooled is None else self.pooled.to(device, dtype)
+        return Conds(self.context.to(device, dtype), pooled)
+
+
+def chunk_token_ids(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """Cut padded token ids into ``[BOS] + 75 tokens + [last]`` chunks (TRAINING.md §3.1).
+
+    Args:
+        ids: (B, max_length) ids padded/truncated to ``max_length`` = 77, 152 or 227.
+        eos_id, pad_id: the tokenizer's EOS and PAD ids.
+
+    Returns:
+        (B, n, 77) with n = 1, 2 or 3. When pad ≠ EOS, a chunk ending ``<x> <PAD>`` gets EOS last and
+        a chunk starting ``<BOS> <PAD>`` gets EOS at position 1 (kohya-compat).
+    """
+    length = ids.shape[1]
+    if length <= CHUNK:
+        return ids.unsqueeze(1)
+    chunks = []
+    for i in range(1, length - CHUNK + 2, CHUNK - 2):
+        chunk = torch.cat([ids[:, :1], ids[:, i:i + CHUNK - 2], ids[:, -1:]], dim=1)
+        if pad_id != eos_id:
+            real_end = (chunk[:, -2] != eos_id) & (chunk[:, -2] != pad_id)
+            chunk[real_end, -1] = eos_id
+            chunk[chunk[:, 1] == pad_id, 1] = eos_id
+        chunks.append(chunk)
+    return torch.stack(chunks, dim=1)
+
+
+def join_chunk_states(states: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Re-join per-chunk hidden states (B·n, 77, D) into (B, 1 + 75·n + 1, D) (TRAINING.md §3.2).
+
+    Keeps the BOS state of chunk 0, the interior 75 states of every chunk, and the last state of the
+    last chunk. A single chunk is returned as (B, 77, D) unchanged.
+    """
+    states = states.reshape(batch_size, -1, states.shape[-1])
+    if states.shape[1] == CHUNK:
+        return states
+    parts = [states[:, :1]]
+    for i in range(1, states.shape[1], CHUNK):
+        parts.append(states[:, i:i + CHUNK - 2])
+    parts.append(states[:, -1:])
+    return torch.cat(parts, dim=1)
+
+
+def load_tokenizer(kind: str, cache_dir: str | None, kohya_folder: str):
+    """Build an offline CLIP tokenizer (``clip_l`` or ``openclip``); prefer kohya's cached files.
+
+    Args:
+        kind: ``"clip_l"`` (pads with EOS) or ``"openclip"`` (pads with id 0).
+        cache_dir: ``--tokenizer_cache_dir`` or ``None``.
+        kohya_folder: kohya's sub-folder name inside the cache dir.
+    """
+    from library.models.tokenizer import ClipTokenizer
+
+    if cache_dir and (Path(cache_dir) / kohya_folder / "vocab.json").is_file():  # kohya-compat
+        pad = 49407 if kind == "clip_l" else 0
+        return ClipTokenizer.from_dir(str(Path(cache_dir) / kohya_folder), pad_token_id=pad)
+    return ClipTokenizer.clip_l() if kind == "clip_l" else ClipTokenizer.openclip()
+
+
+class ModelFamily(abc.ABC):
+    """Strategy object for one model family (SD1/SD2 or SDXL).
+
+    Args:
+        v2: SD2 model (``--v2``). v_parameterization: v-prediction (``--v_parameterization``).
+        max_token_length: ``--max_token_length`` (None, 150 or 225).
+        clip_skip: ``--clip_skip`` (SD only). tokenizer_cache_dir: ``--tokenizer_cache_dir``.
+    """
+
+    name: str = ""
+    latent_scale: float = 1.0
+    bucket_step_multiple: int = 64
+
+    def __init__(self, v2: bool = False, v_parameterization: bool = False,
+                 max_token_length: int | None = None, clip_skip: int | None = None,
+                 tokenizer_cache_dir: str | None = None):
+        self.v2 = v2
+        self.v_parameterization = v_parameterization
+        self.max_token_length = max_token_length
+        self.clip_skip = clip_skip
+        self.tokenizer_cache_dir = tokenizer_cache_dir
+        self._tokenizers: list | None = None
+
+    @property
+    def max_length(self) -> int:
+        """Padded caption length before chunking: 77, or ``max_token_length + 2``."""
+        return CHUNK if self.max_token_length is None else self.max_token_length + 2
+
+    @property
+    def expected_family(self) -> str:
+        """Family name the checkpoint loader must detect (``sd1``, ``sd2`` or ``sdxl``)."""
+        return self.name
+
+    def load(self, path: str, *, vae_path: str | None = None, dtype=torch.float32,
+             device="cpu"):
+        """Load UNet, TEs and VAE with :func:`library.checkpoint_io.load_models` (strict, detected)."""
+        from library.checkpoint_io import load_models
+
+        return load_models(path, expected_family=self.expected_family, v2=self.v2, dtype=dtype,
+                           device=device, vae_path=vae_path)
+
+    def tokenizers(self) -> list:
+        """The tokenizers, one per text encoder (built once, offline)."""
+        if self._tokenizers is None:
+            self._tokenizers = self._build_tokenizers()
+        return self._tokenizers
+
+    def tokenize(self, captions: Sequence[str]) -> list[torch.Tensor]:
+        """Tokenize captions for every text encoder: a list of (B, n, 77) LongTensors."""
+        out = []
+        for tok in self.tokenizers():
+            ids = tok.tokenize(list(captions), max_length=self.max_length)
+            out.append(chunk_token_ids(ids, tok.eos_token_id, tok.pad_token_id))
+        return out
+
+    def model_info(self, path: str) -> dict:
+        """``model_info`` for :mod:`sd_train.metadata`: family, v-param, file name and A1111 hashes."""
+        import os
+
+        from library.safetensors_io import file_model_hashes
+
+        info = {"family": self.name, "v_parameterization": self.v_parameterization,
+                "sd_model_name": os.path.basename(path)}
+        if os.path.isfile(path):
+            info["sd_model_hash"], info["new_sd_model_hash"] = file_model_hashes(path)
+        return info
+
+    def enable_gradient_checkpointing(self, unet: torch.nn.Module) -> None:
+        """Turn on activation checkpointing in the UNet (diffusers API; SDXL overrides)."""
+        unet.enable_gradient_checkpointing()
+
+    def latent_encoder(self, vae: torch.nn.Module, device, generator: torch.Generator):
+        """``images (B, 3, H, W) in [−1, 1] -> unscaled latents (B, 4, H/8, W/8)`` float32 on the CPU.
+
+        Uses ``latent_dist.sample()`` (not the mean, kohya-compat) drawn from ``generator``.
+        """
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                x = images.to(device, next(vae.parameters()).dtype)
+                return vae.encode(x).latent_dist.sample(generator=generator).float().cpu()
+
+        return encode
+
+    def plugin_text_encoders(self, models) -> Any:
+        """Text encoder(s) as kohya plugins expect: one module (SD) or ``[te1, te2]`` (SDXL)."""
+        tes = list(models.text_encoders)
+        return tes[0] if len(tes) == 1 else tes
+
+    @abc.abstractmethod
+    def _build_tokenizers(self) -> list:
+        """Create the family's tokenizers."""
+
+    @abc.abstractmethod
+    def encode(self, text_encoders: Sequence[torch.nn.Module], tokens: list[torch.Tensor]) -> Conds:
+        """Encode tokens (from :meth:`tokenize`) into :class:`Conds`."""
+
+    @abc.abstractmethod
+    def predict(self, unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, conds: Conds,
+                batch: dict) -> torch.Tensor:
+        """UNet prediction (B, 4, h, w) for noisy latents ``x_t`` at timesteps ``t`` (B,)."""
+
+    @abc.abstractmethod
+    def base_model_version(self) -> str:
+        """``ss_base_model_version`` value (FORMAT.md §4)."""
+
+    @abc.abstractmethod
+    def modelspec_architecture(self, v_param: bool) -> str:
+        """``modelspec.architecture`` value (FORMAT.md §5)."""
+
+
+def family_kwargs(options) -> dict:
+    """Family constructor arguments from :class:`sd_train.options.TrainOptions`."""
+    m = options.model
+    return {"v2": m.v2, "v_parameterization": m.v_parameterization,
+            "max_token_length": m.max_token_length, "clip_skip": m.clip_skip,
+            "tokenizer_cache_dir": m.tokenizer_cache_dir}

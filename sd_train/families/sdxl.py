@@ -1,0 +1,117 @@
+"""SDXL family: CLIP-L + OpenCLIP-bigG text encoders and the SGM-named SDXL UNet."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import torch
+
+from sd_train.families.base import Conds, ModelFamily, join_chunk_states, load_tokenizer
+from sd_train.families.sd import _device_of
+
+logger = logging.getLogger(__name__)
+SIZE_EMBED_PERIOD = 10000  # kohya-compat: max period of the sinusoidal size embedding
+
+
+def size_embedding(values: torch.Tensor, dim: int = 256) -> torch.Tensor:
+    """Sinusoidal embedding of SDXL size values (TRAINING.md §3.4).
+
+    Args:
+        values: (B, K) integers (K = 6: original h, w, crop top, left, target h, w).
+        dim: embedding width per value (256).
+
+    Returns:
+        (B, K·dim) float32: per value ``[cos(x·f), sin(x·f)]`` with
+        ``f_i = exp(−ln(10000)·i/(dim/2))``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(SIZE_EMBED_PERIOD) * torch.arange(half, dtype=torch.float32) / half)
+    args = values.reshape(-1, 1).float() * freqs.to(values.device)[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return emb.reshape(values.shape[0], -1)
+
+
+def size_values(batch: dict, batch_size: int) -> torch.Tensor:
+    """(B, 6) size conditioning from a batch: original_hw, crop_top_left, target_hw.
+
+    Missing keys default to the latent size × 8 and a (0, 0) crop.
+    """
+    latents = batch.get("latents")
+    default = [0, 0] if latents is None else [latents.shape[-2] * 8, latents.shape[-1] * 8]
+    parts = []
+    for key, fallback in (("original_sizes_hw", default), ("crop_top_lefts", [0, 0]),
+                          ("target_sizes_hw", default)):
+        value = batch.get(key)
+        value = torch.tensor([fallback] * batch_size) if value is None else torch.as_tensor(value)
+        parts.append(value.reshape(batch_size, 2))
+    return torch.cat(parts, dim=1)
+
+
+class SdxlFamily(ModelFamily):
+    """SDXL training strategy (TRAINING.md §3.3–3.4). Latent scale 0.13025."""
+
+    name = "sdxl"
+    latent_scale = 0.13025  # kohya-compat: SDXL VAE scale factor
+    bucket_step_multiple = 32
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.clip_skip is not None:
+            logger.warning("--clip_skip is ignored for SDXL (TE1 and TE2 use their penultimate layer)")
+
+    def _build_tokenizers(self) -> list:
+        return [load_tokenizer("clip_l", self.tokenizer_cache_dir, "openai_clip-vit-large-patch14"),
+                load_tokenizer("openclip", self.tokenizer_cache_dir,
+                               "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k")]
+
+    def encode(self, text_encoders: Sequence[torch.nn.Module], tokens: list[torch.Tensor]) -> Conds:
+        """Encode ``[ids1, ids2]`` (each (B, n, 77)) into context (B, L, D1 + D2) and pooled (B, P).
+
+        TE1 and TE2 give ``hidden_states[-2]`` without the final LayerNorm; pooled = TE2's
+        ``text_embeds`` (projection at the first EOS) of the first chunk. ``--clip_skip`` is ignored.
+        """
+        te1, te2 = text_encoders
+        ids1, ids2 = tokens
+        batch, n = ids1.shape[0], ids1.shape[1]
+        out1 = te1(ids1.reshape(-1, ids1.shape[-1]).to(_device_of(te1)), output_hidden_states=True)
+        out2 = te2(ids2.reshape(-1, ids2.shape[-1]).to(_device_of(te2)), output_hidden_states=True)
+        h1 = join_chunk_states(out1.hidden_states[-2], batch)
+        h2 = join_chunk_states(out2.hidden_states[-2], batch)
+        pooled = out2.text_embeds[::n]
+        return Conds(context=torch.cat([h1, h2.to(h1.dtype)], dim=2), pooled=pooled)
+
+    def enable_gradient_checkpointing(self, unet: torch.nn.Module) -> None:
+        """Turn on activation checkpointing in the SGM-named SDXL UNet."""
+        unet.set_gradient_checkpointing(True)
+
+    def cache_outputs(self, text_encoders, captions: list[str]) -> tuple:
+        """``(hidden1 (B, L, D1), hidden2 (B, L, D2), pool2 (B, P))`` for the TE-output cache."""
+        conds = self.encode(text_encoders, self.tokenize(captions))
+        d1 = text_encoders[0].config.hidden_size
+        return conds.context[..., :d1].cpu(), conds.context[..., d1:].cpu(), conds.pooled.cpu()
+
+    def cached_conds(self, outputs: tuple) -> Conds:
+        """:class:`Conds` from cached ``(hidden1, hidden2, pool2)`` batch tensors."""
+        hidden1, hidden2, pool2 = outputs
+        return Conds(context=torch.cat([hidden1, hidden2], dim=2), pooled=pool2)
+
+    def vector(self, conds: Conds, batch: dict, batch_size: int, dim: int = 256) -> torch.Tensor:
+        """``y`` = [pooled, size embeddings] (B, P + 6·dim) for ``label_emb``; dim = 256 in SDXL."""
+        sizes = size_values(batch, batch_size).to(conds.pooled.device)
+        emb = size_embedding(sizes, dim).to(conds.pooled.dtype)
+        return torch.cat([conds.pooled, emb], dim=1)
+
+    def predict(self, unet, x_t, t, conds, batch) -> torch.Tensor:
+        """``unet(x_t, t, context, y)`` with the size-conditioned vector; (B, 4, h, w)."""
+        y = self.vector(conds, batch, x_t.shape[0], unet.config.size_embed_dim).to(x_t.dtype)
+        return unet(x_t, t, conds.context.to(x_t.dtype), y)
+
+    def base_model_version(self) -> str:
+        """``sdxl_base_v1-0`` (also for v-prediction, kohya-compat)."""
+        return "sdxl_base_v1-0"
+
+    def modelspec_architecture(self, v_param: bool) -> str:
+        """``stable-diffusion-xl-v1-base/lora``."""
+        return "stable-diffusion-xl-v1-base/lora"

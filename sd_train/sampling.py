@@ -1,0 +1,166 @@
+"""Sample-prompt parsing (CLI.md §11) and basic image generation (TRAINING.md §13).
+
+Generation uses the family's own text path and UNet with a diffusers scheduler configured with
+the training schedule. Basic: classifier-free guidance, one image per prompt, no ControlNet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+SCHEDULERS = {  # kohya sampler name -> diffusers class (ddim is the fallback, kohya-compat)
+    "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
+    "k_lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler",
+    "k_euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+    "k_euler_a": "EulerAncestralDiscreteScheduler", "dpmsolver": "DPMSolverMultistepScheduler",
+    "dpmsolver++": "DPMSolverMultistepScheduler", "dpmsingle": "DPMSolverSinglestepScheduler",
+    "heun": "HeunDiscreteScheduler", "dpm_2": "KDPM2DiscreteScheduler",
+    "k_dpm_2": "KDPM2DiscreteScheduler", "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
+    "k_dpm_2_a": "KDPM2AncestralDiscreteScheduler",
+}
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    """One sample request with CLI.md §11 defaults."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    seed: int | None = None
+    sample_steps: int = 30
+    scale: float = 7.5
+    sample_sampler: str | None = None
+
+
+_CODES = {"w": ("width", int), "h": ("height", int), "d": ("seed", int), "s": ("sample_steps", int),
+          "l": ("scale", float), "n": ("negative_prompt", str), "ss": ("sample_sampler", str)}
+
+
+def parse_prompt_line(line: str) -> SamplePrompt:
+    """Parse one ``.txt`` line: ``prompt --w 512 --h 512 --d 1 --s 20 --l 7 --n neg --ss euler``."""
+    pieces = line.split(" --")
+    values: dict = {"prompt": pieces[0].strip()}
+    for piece in pieces[1:]:
+        code, _, rest = piece.partition(" ")
+        spec = _CODES.get(code.lower())
+        if spec is None:
+            continue
+        try:
+            values[spec[0]] = spec[1](rest.strip())
+        except ValueError:
+            continue
+    return _normalize(SamplePrompt(**values))
+
+
+def _normalize(p: SamplePrompt) -> SamplePrompt:
+    return replace(p, width=max(64, p.width - p.width % 8), height=max(64, p.height - p.height % 8),
+                   sample_steps=min(1000, max(1, p.sample_steps)))
+
+
+def load_prompts(path: str) -> list[SamplePrompt]:
+    """Read a ``.txt`` / ``.json`` / ``.toml`` sample-prompt file (CLI.md §11)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        items = json.loads(text)
+        return [parse_prompt_line(i) if isinstance(i, str) else _normalize(SamplePrompt(**i)) for i in items]
+    if path.endswith(".toml"):
+        import tomllib
+
+        doc = tomllib.loads(text)["prompt"]
+        base = {k: v for k, v in doc.items() if k != "subset"}
+        return [_normalize(SamplePrompt(**{**base, **sub})) for sub in doc.get("subset", [])]
+    lines = [ln.strip() for ln in text.splitlines()]
+    return [parse_prompt_line(ln) for ln in lines if ln and not ln.startswith("#")]
+
+
+def make_scheduler(name: str | None, v_parameterization: bool):
+    """diffusers scheduler for a kohya sampler name, configured with the training schedule."""
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS.get((name or "ddim").lower(), "DDIMScheduler"))
+    kwargs = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+              "beta_schedule": "scaled_linear",
+              "prediction_type": "v_prediction" if v_parameterization else "epsilon"}
+    if "dpmsolver++" == (name or "").lower():
+        kwargs["algorithm_type"] = "dpmsolver++"
+    return cls(**kwargs)
+
+
+@torch.no_grad()
+def generate(family, models, p: SamplePrompt, sampler: str | None = None, device="cpu"):
+    """Render one image for ``p`` with the family's text path; returns a PIL image."""
+    from PIL import Image
+
+    sched = make_scheduler(p.sample_sampler or sampler, family.v_parameterization)
+    sched.set_timesteps(p.sample_steps, device=device)
+    gen = torch.Generator().manual_seed(p.seed if p.seed is not None else int(time.time()))
+    conds = family.encode(models.text_encoders, family.tokenize([p.negative_prompt, p.prompt]))
+    shape = (1, 4, p.height // 8, p.width // 8)
+    latents = (torch.randn(shape, generator=gen) * sched.init_noise_sigma).to(device)
+    unet = models.unet
+    dtype = next(unet.parameters()).dtype
+    size_batch = {"original_sizes_hw": [[p.height, p.width]] * 2, "crop_top_lefts": [[0, 0]] * 2,
+                  "target_sizes_hw": [[p.height, p.width]] * 2}
+    for t in sched.timesteps:
+        x = sched.scale_model_input(torch.cat([latents] * 2), t)
+        tt = torch.full((2,), int(t), dtype=torch.long, device=device)
+        pred = family.predict(unet, x.to(dtype), tt, conds.to(device, dtype), size_batch).float()
+        uncond, cond = pred.chunk(2)
+        latents = sched.step(uncond + p.scale * (cond - uncond), t, latents, generator=gen).prev_sample
+    vae = models.vae
+    image = vae.decode((latents / family.latent_scale).to(next(vae.parameters()).dtype)).sample
+    array = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
+    """Render every prompt of ``--sample_prompts`` to ``{output_dir}/sample/`` (names: CLI.md §8)."""
+    from sd_train.checkpointing import sample_image_name
+
+    s, sp = trainer.opts.saving, trainer.opts.sampling
+    stamp, written = time.strftime("%Y%m%d%H%M%S"), []
+    trainer.network.eval()
+    try:
+        for index, prompt in enumerate(load_prompts(sp.sample_prompts)):
+            image = generate(trainer.family, trainer.models, prompt, sp.sample_sampler, trainer.accelerator.device)
+            path = Path(s.output_dir) / sample_image_name(s.output_name, index=index, timestamp=stamp, epoch=epoch,
+                                                          step=step, seed=prompt.seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            written.append(path)
+    finally:
+        trainer.network.train()
+    return written
+
+
+def maybe_sample(trainer, epoch: int | None) -> list[Path]:
+    """Sample if due: before training (step 0, ``--sample_at_first``), after a step (``epoch=None``)
+    or at the end of ``epoch`` (CLI.md §11).
+
+    Global RNG states are saved and restored, so sampling never changes the training trajectory.
+    """
+    from sd_train.noise import rng_restore, rng_snapshot
+
+    sp, step = trainer.opts.sampling, trainer.progress.global_step
+    if not sp.sample_prompts or not trainer.accelerator.is_main_process:
+        return []
+    if epoch is None and step == 0:
+        due = sp.sample_at_first
+    elif epoch is None:
+        due = not sp.sample_every_n_epochs and sp.sample_every_n_steps and step % sp.sample_every_n_steps == 0
+    else:
+        due = sp.sample_every_n_epochs and epoch % sp.sample_every_n_epochs == 0
+    if not due:
+        return []
+    snap = rng_snapshot()
+    try:
+        return sample_during_training(trainer, epoch=epoch, step=step)
+    finally:
+        rng_restore(snap)

@@ -1,0 +1,400 @@
+"""The training recipe ``Trainer.setup() / train() / train_step() / save_state()`` (torchtune-style).
+
+kohya's run order (TRAINING.md §1), accumulation, clipping, NaN guard (§12, NonFiniteTrainingError),
+checkpoints with pruning, bit-exact resume (§11), kohya's scalars (CLI.md §10); bad input: UserError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from library.dataset import latent_cache
+from library.dataset.config import CliDefaults
+from library.dataset.dataset import BucketBatchDataset
+from library.dataset.plan import build_plan
+from library.dataset.prepare import prepare
+from library.errors import UserError
+from sd_train import checkpointing, metadata, optim, sampling
+from sd_train import loss as loss_lib
+from sd_train import noise as noise_lib
+from sd_train.cli import parse_options, write_output_config
+from sd_train.families.base import family_kwargs
+from sd_train.guard import NanGuard, batch_report, is_finite
+from sd_train.network_host import NetworkHost, parse_network_args
+from sd_train.steps import compute_steps
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
+RESUME_RECORD = "sd_train_resume.pt"
+FINGERPRINT_KEYS = ("train_batch_size", "gradient_accumulation_steps", "dataset_config", "train_data_dir",
+                    "reg_data_dir", "in_json", "resolution", "optimizer_type", "learning_rate", "loss_type",
+                    "noise_offset", "multires_noise_iterations", "ip_noise_gamma", "min_snr_gamma")
+LOSS_READ_EVERY = 10  # optimizer steps between host reads of the loss (no .item() every step)
+
+
+@dataclass
+class Progress:
+    """Where the run is (TRAINING.md §11): optimizer steps, epoch (from 0), next micro-batch index."""
+    global_step: int = 0
+    epoch: int = 0
+    batch_index: int = 0
+
+
+class Trainer:
+    """One LoRA training run for a model family.
+
+    Args:
+        options: parsed :class:`sd_train.options.TrainOptions`.
+        family: a :class:`sd_train.families.base.ModelFamily`.
+    """
+
+    def __init__(self, options, family):
+        self.opts, self.family = options, family
+        self.progress, self.guard, self.losses = Progress(), NanGuard(), loss_lib.LossRecorder()
+        self.schedule = noise_lib.make_schedule(options.training.zero_terminal_snr)
+        self.noise_opts = noise_lib.NoiseOptions.from_training(options.training)
+        self.loss_opts = loss_lib.LossOptions.from_training(options.training, options.model.v_parameterization)
+
+    def setup(self) -> bool:
+        """Build everything in kohya's order (TRAINING.md §1 steps 2–9); False after --debug_dataset."""
+        self._seed()
+        if not self._setup_data():
+            return False
+        self._setup_accelerator()
+        self._setup_models()
+        self._setup_network()
+        self._setup_optimizer()
+        if self.opts.saving.resume:
+            self.load_state(self.opts.saving.resume)
+        self.metadata = self._build_metadata()
+        return True
+
+    def _seed(self) -> None:
+        seed = self.opts.training.seed
+        self.seed = random.randint(0, 2**32 - 1) if seed is None else seed
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed)
+        self.dataset_seed = random.randint(0, 2**31)  # kohya-compat: drawn right after seeding
+        self.gen, self.rng = torch.Generator().manual_seed(self.seed), random.Random(self.seed)
+
+    def _setup_data(self) -> bool:
+        """Plan, scan and bucket the dataset; print and write its report before any model loads."""
+        flat, s = self.opts.flat(), self.opts.saving
+        defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
+        self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
+                                bucket_step_multiple=self.family.bucket_step_multiple)
+        Path(s.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
+            json.dumps(self.prepared.report(), indent=2, default=str))
+        print(self.prepared.format_report())
+        self.dataset = BucketBatchDataset(self.prepared.train, dataset_seed=self.dataset_seed)
+        return not self.opts.dataset.debug_dataset
+
+    def _indices(self, start: int) -> list[int]:
+        """This process's batch indices of an epoch from ``start`` (padded so ranks stay equal)."""
+        acc, n = self.accelerator, len(self.dataset)
+        order = [i % n for i in range(-(-n // acc.num_processes) * acc.num_processes)]
+        return order[acc.process_index::acc.num_processes][start:]
+
+    def _loader(self, epoch: int, start: int):
+        """Loader of whole bucket batches of ``epoch`` (from 0) from batch ``start``; its private generator
+        keeps the global torch RNG untouched (sd-train: needed for bit-exact resume)."""
+        self.dataset.set_epoch(epoch + 1)
+        self.dataset.set_current_step(self.progress.global_step)
+        workers = min(self.opts.dataset.max_data_loader_n_workers or 0, os.cpu_count() or 1)  # kohya-compat
+        return torch.utils.data.DataLoader(self.dataset, batch_size=None, sampler=self._indices(start),
+                                           num_workers=workers, generator=torch.Generator().manual_seed(epoch))
+
+    def _setup_accelerator(self) -> None:
+        log, mp = self.opts.logging, self.opts.model.mixed_precision
+        stamp = (log.log_prefix or "") + time.strftime("%Y%m%d%H%M%S")  # kohya-compat: run folder name
+        log_dir = log.logging_dir and os.path.join(log.logging_dir, stamp)
+        self.accelerator = Accelerator(mixed_precision=mp or "no", project_dir=log_dir,
+                                       log_with=log.log_with or ("tensorboard" if log.logging_dir else None))
+        self.weight_dtype = DTYPES.get(mp, torch.float32)
+        self.save_dtype = DTYPES.get(self.opts.saving.save_precision)
+
+    def _setup_models(self) -> None:
+        """Load, freeze and cast the base models; cache latents / TE outputs (TRAINING.md §2.2)."""
+        m, d, device = self.opts.model, self.opts.dataset, self.accelerator.device
+        self.models = self.family.load(m.pretrained_model_name_or_path, vae_path=m.vae)
+        unet, vae = self.models.unet, self.models.vae
+        for module in [unet, vae, *self.models.text_encoders]:
+            module.requires_grad_(False).eval()
+        unet.to(device, self.weight_dtype)
+        if m.gradient_checkpointing:
+            self.family.enable_gradient_checkpointing(unet)
+        for te in self.models.text_encoders:
+            te.to(device, self.weight_dtype if device.type != "cpu" else torch.float32)
+        vae.to(device, torch.float32 if m.no_half_vae else self.weight_dtype)
+        show, tag = self.accelerator.is_local_main_process, "sdxl" if self.family.name == "sdxl" else "sd"
+        if d.cache_latents or d.cache_latents_to_disk:
+            latent_cache.cache_latents(
+                self.dataset, self.family.latent_encoder(vae, device, self.gen), batch_size=d.vae_batch_size or 1,
+                to_disk=d.cache_latents_to_disk, skip_check=d.skip_cache_check, family_tag=tag, progress=show)
+            vae.to("cpu")
+        if d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk:
+            latent_cache.cache_text_encoder_outputs(
+                self.dataset, partial(self.family.cache_outputs, self.models.text_encoders),
+                batch_size=d.vae_batch_size or 1, to_disk=d.cache_text_encoder_outputs_to_disk, progress=show)
+
+    def _setup_network(self) -> None:
+        """Merge --base_weights, create and apply the network, load --network_weights (NETWORKS.md §2)."""
+        n, unet = self.opts.network, self.models.unet
+        te = self.family.plugin_text_encoders(self.models)
+        if n.base_weights:
+            device = self.accelerator.device if self.opts.model.lowram else "cpu"
+            NetworkHost.load(n.network_module or "networks.lora").merge_base_weights(
+                n.base_weights, n.base_weights_multiplier, te, unet, self.weight_dtype, device)
+        self.train_te = not n.network_train_unet_only and not self.opts.dataset.cache_text_encoder_outputs
+        self.host = NetworkHost.create(self.opts, self.models.vae, te, unet)
+        self.host.apply_to(te, unet, self.train_te, not n.network_train_text_encoder_only)
+        if n.network_weights:
+            self.host.load_weights(n.network_weights)
+        if self.opts.model.gradient_checkpointing:
+            self.host.enable_gradient_checkpointing()
+
+    def _setup_optimizer(self) -> None:
+        """Step arithmetic (CLI.md §7), optimizer, LR scheduler, ``accelerate.prepare``."""
+        t, o, acc = self.opts.training, self.opts.optimizer, self.accelerator
+        groups, self.lr_descriptions = self.host.prepare_optimizer_params(o)
+        self.max_train_steps, self.steps_per_epoch, self.num_epochs = compute_steps(
+            len(self.dataset), acc.num_processes, t.gradient_accumulation_steps, t.max_train_steps,
+            t.max_train_epochs)
+        self.dataset.max_train_steps = self.max_train_steps  # token warm-up fractions (CLI.md §7)
+        self.optimizer, self.optimizer_name = optim.build_optimizer(groups, o.optimizer_type, o.learning_rate,
+                                                                    o.optimizer_args)
+        self.lr_scheduler = optim.build_scheduler(
+            self.optimizer, optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
+                                                       o.learning_rate),
+            num_training_steps=self.max_train_steps, num_warmup_steps=o.lr_warmup_steps or 0,
+            num_decay_steps=o.lr_decay_steps or 0, num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
+            timescale=o.lr_scheduler_timescale, min_lr_ratio=o.lr_scheduler_min_lr_ratio,
+            scheduler_type=o.lr_scheduler_type or "", scheduler_args=o.lr_scheduler_args,
+            num_processes=acc.num_processes)
+        if self.opts.model.full_fp16 or self.opts.model.full_bf16:
+            self.host.network.to(self.weight_dtype)
+        self.host.prepare_grad_etc(self.family.plugin_text_encoders(self.models), self.models.unet)
+        self.network, self.optimizer, self.lr_scheduler = acc.prepare(self.host.network, self.optimizer,
+                                                                      self.lr_scheduler)
+
+    def _build_metadata(self) -> dict[str, str]:
+        """The ``ss_*`` / ``modelspec.*`` dict of this run (FORMAT.md §4–5)."""
+        o, n = self.opts, self.opts.network
+        json_keys = ("datasets", "tag_frequency", "dataset_dirs", "reg_dataset_dirs", "bucket_info")
+        summary = {k[3:]: json.loads(v) if k[3:] in json_keys else v
+                   for k, v in self.prepared.metadata_fields().items()}
+        args = {"dropout": n.network_dropout, **parse_network_args(n.network_args)} if n.network_args else None
+        run = {"session_id": random.Random().randint(0, 2**32), "training_started_at": time.time(),
+               "seed": self.seed, "max_train_steps": self.max_train_steps, "num_train_epochs": self.num_epochs,
+               "num_processes": self.accelerator.num_processes, "optimizer": self.optimizer_name,
+               "network_args": args}
+        info = self.family.model_info(o.model.pretrained_model_name_or_path)
+        return metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
+                                       model_info=info, run=run)
+
+    def train(self) -> None:
+        """Run epochs and optimizer steps with logging, saving and sampling cadence (CLI.md §7–11)."""
+        p, s, acc = self.progress, self.opts.saving, self.accelerator
+        accum = self.opts.training.gradient_accumulation_steps
+        tes = self.family.plugin_text_encoders(self.models)
+        if self.opts.logging.logging_dir or self.opts.logging.log_with:
+            acc.init_trackers(self.opts.logging.log_tracker_name or "network_train")
+        sampling.maybe_sample(self, None)  # --sample_at_first (only at step 0)
+        with tqdm(total=self.max_train_steps, initial=p.global_step, desc="steps",
+                  disable=not acc.is_local_main_process) as bar:
+            while p.epoch < self.num_epochs and p.global_step < self.max_train_steps:
+                self.host.on_epoch_start(tes, self.models.unet)
+                n_batches, window = len(self._indices(0)), []
+                for index, batch in enumerate(self._loader(p.epoch, p.batch_index), start=p.batch_index):
+                    self.host.on_step_start(tes, self.models.unet)
+                    window.append(self.train_step(batch, accum))
+                    p.batch_index, done = index + 1, not (index + 1) % accum or index + 1 == n_batches
+                    self.losses.add(index, window[-1], p.global_step + done)  # kohya's step of this log row
+                    if not done:
+                        continue
+                    self._optimizer_step(window, batch)
+                    window, p.global_step = [], p.global_step + 1
+                    bar.update(1)
+                    if p.global_step % LOSS_READ_EVERY == 0 or p.global_step == self.max_train_steps:
+                        self._flush_losses(bar)
+                    self._after_step()
+                    if p.global_step >= self.max_train_steps:
+                        break
+                self._flush_losses(bar)
+                if p.batch_index >= n_batches:
+                    self._end_epoch(p.epoch + 1)
+        self._save_model("final", epoch=self.num_epochs)
+        if s.save_state or s.save_state_on_train_end:
+            self.save_state("final")
+
+    def _after_step(self) -> None:
+        """Step cadence after an optimizer step: sampling first, then checkpoint and state folder."""
+        step, s = self.progress.global_step, self.opts.saving
+        sampling.maybe_sample(self, None)
+        if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < self.max_train_steps:
+            self._save_model("step")
+            if s.save_state:
+                self.save_state("step")
+
+    def _end_epoch(self, epoch_no: int) -> None:
+        """End of epoch ``epoch_no`` (from 1): epoch average, epoch checkpoint (not the last), sampling."""
+        p, s = self.progress, self.opts.saving
+        self.accelerator.log({"loss/epoch_average": self.losses.average}, step=epoch_no)
+        p.epoch, p.batch_index = p.epoch + 1, 0
+        if s.save_every_n_epochs and epoch_no % s.save_every_n_epochs == 0 and epoch_no < self.num_epochs:
+            self._save_model("epoch", epoch=epoch_no)
+            if s.save_state:
+                self.save_state("epoch", epoch=epoch_no)
+        sampling.maybe_sample(self, epoch_no)
+
+    def train_step(self, batch: dict, accum: int = 1) -> torch.Tensor:
+        """One micro-batch: latents → noise → predict → loss → backward; returns the detached loss. No host
+        sync: a non-finite loss makes the grad norm non-finite and :meth:`_optimizer_step` skips the window."""
+        device = self.accelerator.device
+        latents = batch.get("latents")
+        if latents is None:
+            latents = self.family.latent_encoder(self.models.vae, device, self.gen)(batch["images"])
+        latents = latents.to(device, torch.float32) * self.family.latent_scale
+        if batch.get("text_encoder_outputs") is not None:
+            conds = self.family.cached_conds(batch["text_encoder_outputs"])
+        else:
+            with torch.set_grad_enabled(self.train_te):
+                conds = self.family.encode(self.models.text_encoders, self.family.tokenize(batch["captions"]))
+        eps, x_t, t = noise_lib.noisy_latents(self.schedule, latents, self.noise_opts, self.gen, self.rng)
+        with self.accelerator.autocast():
+            pred = self.family.predict(self.models.unet, x_t.to(self.weight_dtype), t,
+                                       conds.to(device, self.weight_dtype), batch)
+        target = noise_lib.v_target(self.schedule, latents, eps, t) if self.loss_opts.v_parameterization else eps
+        cond = batch.get("conditioning_images")
+        mask = batch.get("alpha_masks") if cond is None else loss_lib.conditioning_mask(cond)
+        loss = loss_lib.per_sample_loss(pred, target, t, self.schedule.alphas_cumprod, self.schedule.snr,
+                                        self.loss_opts, mask=mask, loss_weights=batch.get("loss_weights")).mean()
+        self._last_timesteps = t
+        self.accelerator.backward(loss / accum)
+        return loss.detach()
+
+    def _optimizer_step(self, window: list[torch.Tensor], batch: dict) -> None:
+        """Clip, check finiteness (one host sync per optimizer step), then step or skip (TRAINING.md §12)."""
+        max_norm, step = self.opts.optimizer.max_grad_norm, self.progress.global_step + 1
+        params = self.host.get_trainable_params()
+        norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        if is_finite(torch.stack(window).sum() + norm.to(window[0].device)):
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.guard.record_ok()
+        else:
+            report = batch_report(batch, self._last_timesteps)
+            self.accelerator.print(f"skipped non-finite step {step}: {report}")
+            self.guard.record_skip(step, "loss or gradient norm", report)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.opts.network.scale_weight_norms:
+            self.host.apply_max_norm_regularization(self.opts.network.scale_weight_norms, self.accelerator.device)
+        self.guard.check_params(params, step)
+
+    def _flush_losses(self, bar=None) -> None:
+        """Read pending losses (one host sync) and log kohya's scalars at the current step."""
+        rows = self.losses.flush()
+        extra = {f"lr/{d}": g["lr"] for d, g in zip(self.lr_descriptions, self.optimizer.param_groups)}
+        extra["sd_train/nonfinite_steps_skipped"] = self.guard.skipped_total
+        for step, current, average in rows:
+            self.accelerator.log({"loss/current": current, "loss/average": average, **extra}, step=step)
+        if bar is not None and rows:
+            bar.set_postfix(loss=f"{rows[-1][1]:.4f}", avg=f"{rows[-1][2]:.4f}",
+                            lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+
+    def _prune(self, kind: str, new_path: Path, index: int, state: bool) -> None:
+        """Remove the step/epoch file or state folder that --save_last_n_* rules out (CLI.md §8)."""
+        s, unit = self.opts.saving, "steps" if kind == "step" else "epochs"
+        every, keep = getattr(s, f"save_every_n_{unit}"), getattr(s, f"save_last_n_{unit}")
+        keep = (getattr(s, f"save_last_n_{unit}_state") if state else None) or keep
+        checkpointing.prune_after_save(s.output_dir, new_path, kind, s.output_name, index, every, keep,
+                         ext=None if state else s.save_model_as)
+
+    def _save_model(self, kind: str, epoch: int | None = None) -> Path:
+        """Write a checkpoint through the host (finite check + atomic rename), then prune."""
+        self.accelerator.wait_for_everyone()
+        s, step = self.opts.saving, self.progress.global_step
+        index = step if kind == "step" else epoch
+        path = Path(s.output_dir) / checkpointing.model_file_name(kind, s.output_name, s.save_model_as, index)
+        if self.accelerator.is_main_process:
+            meta = metadata.update_for_save(self.metadata, step, epoch or self.progress.epoch + 1)
+            self.host.save(str(path), self.save_dtype, meta)
+            if kind != "final":
+                self._prune(kind, path, index, state=False)
+        return path
+
+    def save_state(self, kind: str, epoch: int | None = None) -> Path:
+        """Write a state folder atomically: accelerate state + train_state.json + resume record."""
+        self._flush_losses()
+        s, p, index = self.opts.saving, self.progress, self.progress.global_step if kind == "step" else epoch
+        final = Path(s.output_dir) / checkpointing.state_dir_name(kind, s.output_name, index)
+        if not self.accelerator.is_main_process:
+            return final
+        with checkpointing.atomic_state_dir(final) as tmp:
+            self.accelerator.save_state(str(tmp))
+            torch.save({"progress": vars(p).copy(), "loss_slots": list(self.losses.slots),
+                        "guard": self.guard.state_dict(), "noise_gen": self.gen.get_state(),
+                        "noise_rng": self.rng.getstate(), "global_rng": noise_lib.rng_snapshot()},
+                       tmp / RESUME_RECORD)
+            checkpointing.write_train_state(tmp, p.epoch + 1, p.global_step, {
+                "global_step": p.global_step, "epoch_index": p.epoch, "batch_index_in_epoch": p.batch_index,
+                "micro_step_in_accumulation": 0, "dataset_seed": self.dataset_seed,
+                "max_train_steps": self.max_train_steps, "num_train_epochs": self.num_epochs,
+                "options_fingerprint": self._fingerprint()})
+        if kind != "final":
+            self._prune(kind, final, index, state=True)
+        return final
+
+    def _fingerprint(self) -> str:
+        """Hash of the options that change the data order or the math (CLI.md §9)."""
+        ns = self.opts.namespace()
+        return checkpointing.options_fingerprint({"seed": self.seed, **{k: getattr(ns, k) for k in FINGERPRINT_KEYS}})
+
+    def load_state(self, folder: str) -> None:
+        """Resume from a state folder: bit-exact with an sd-train record, else kohya-style (CLI.md §9)."""
+        info, t = checkpointing.read_train_state(folder), self.opts.training
+        record, path, forced = info.get("sd_train"), Path(folder) / RESUME_RECORD, t.initial_step or t.initial_epoch
+        if record and record["options_fingerprint"] != self._fingerprint() and not forced:
+            raise UserError(f"--resume {folder}: the state was written with different options (batch size, "
+                            "dataset, accumulation, seed, ...); pass --initial_step to resume anyway")
+        self.accelerator.load_state(str(folder))
+        if not record or not path.is_file():  # kohya state: restart at the epoch boundary
+            self.progress = Progress(info["current_step"], info["current_step"] // self.steps_per_epoch)
+            return self.accelerator.print(f"resumed kohya state {folder}; not bit-exact")
+        saved = torch.load(path, weights_only=True)
+        self.progress, self.losses.slots = Progress(**saved["progress"]), list(saved["loss_slots"])
+        self.guard.load_state_dict(saved["guard"])
+        self.gen.set_state(saved["noise_gen"])
+        self.rng.setstate(saved["noise_rng"])
+        noise_lib.rng_restore(saved["global_rng"])
+
+    def cleanup(self) -> None:
+        """End accelerate's trackers."""
+        self.accelerator.end_training()
+
+
+def run(family_cls, argv: list[str] | None, entry: str) -> int:
+    """Parse options (``entry`` = ``"sd"`` | ``"sdxl"``), then set up and train; returns 0."""
+    options = parse_options(argv, entry)
+    if options.training.output_config:
+        return write_output_config(options, options.training.output_config) or 0
+    trainer = Trainer(options, family_cls(**family_kwargs(options)))
+    if not trainer.setup():
+        return 0
+    try:
+        trainer.train()
+    finally:
+        trainer.cleanup()
+    return 0
