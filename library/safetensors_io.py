@@ -85,6 +85,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         if tmp.is_file():
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            # some writers (safetensors) create 0600 files; use the normal mode, as kohya's files have
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
     finally:
         if tmp.is_file():

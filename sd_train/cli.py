@@ -57,7 +57,7 @@ def build_parser(entry: str, *, suppress_defaults: bool = False) -> argparse.Arg
                      argument_default=argparse.SUPPRESS if suppress_defaults else None)
     for _, f in option_fields(entry):
         meta = f.metadata
-        kwargs: dict[str, Any] = {"help": meta["help"]}
+        kwargs: dict[str, Any] = {"help": meta["help"].replace("%", "%%")}  # argparse formats help with %
         if not suppress_defaults:
             kwargs["default"] = f.default
         if meta["flag"]:

@@ -85,3 +85,13 @@ def test_file_model_hashes(tmp_path):
     old, new = file_model_hashes(path)
     assert new == hashlib.sha256(data).hexdigest()
     assert old == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+
+
+def test_written_files_get_the_normal_umask_mode(tmp_path):
+    import os
+
+    path = tmp_path / "m.safetensors"
+    save_lora_file(_tensors(), path, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

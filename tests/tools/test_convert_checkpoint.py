@@ -154,7 +154,8 @@ def test_refuses_existing_output_without_overwrite(folders, tmp_path, capsys):
     out.write_bytes(b"old")
     assert tool.main([str(src), str(out)]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
-    assert tool.main([str(src), str(out), "--overwrite", "--metadata", "title=tiny", "--save_precision_as", "fp16"]) == 0
+    argv = [str(src), str(out), "--overwrite", "--metadata", "title=tiny", "--save_precision_as", "fp16"]
+    assert tool.main(argv) == 0
     sd = load_file(str(out))
     assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float16}
     from library.safetensors_io import read_metadata

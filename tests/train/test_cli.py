@@ -208,3 +208,22 @@ def test_compute_steps_worked_examples(p, a, steps, epochs, expected):
     batches = -(-150 // 4) + -(-50 // 4)
     assert batches == 51
     assert compute_steps(batches, p, a, steps, epochs) == expected
+
+
+@pytest.mark.parametrize("entry", ["sd", "sdxl"])
+def test_help_renders_every_option(entry):
+    text = build_parser(entry).format_help()
+    assert "--lr_warmup_steps" in text and "'N%'" in text
+
+
+@pytest.mark.parametrize("flag", ["--initial_step=3", "--initial_epoch=2", "--skip_until_initial_step",
+                                  "--weighted_captions"])
+def test_unimplemented_features_are_refused_not_ignored(flag):
+    with pytest.raises(UserError, match="is not implemented in this version of sd-train"):
+        parse_options(["--pretrained_model_name_or_path", "m.safetensors", flag], "sdxl")
+
+
+def test_unimplemented_validation_is_flagged(caplog):
+    with caplog.at_level(logging.WARNING):
+        parse_options(["--pretrained_model_name_or_path", "m.safetensors", "--validation_split", "0.2"], "sdxl")
+    assert "validation loss is not implemented" in caplog.text
