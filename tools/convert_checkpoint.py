@@ -141,6 +141,8 @@ def save_single_file(models, path: Path, dtype: torch.dtype | None, metadata: di
 
 
 def _log_ignored(args, to_folder: bool) -> None:
+    if args.unet_use_linear_projection:
+        logger.info("--unet_use_linear_projection: the UNet keeps its own config (SD2 is always linear)")
     if args.reference_model:
         logger.info("--reference_model is ignored: sd-train writes its built-in configs (offline)")
     if args.variant and not to_folder:
