@@ -37,12 +37,13 @@ def _weights_file(folder: Path) -> Path:
 
 
 def folder_family(root: Path) -> str:
-    """``"sdxl"`` (has ``text_encoder_2``), ``"sd2"`` (1024-wide text encoder) or ``"sd1"``."""
+    """``"sdxl"`` (has ``text_encoder_2``), ``"sd2"`` (OpenCLIP text encoder: gelu, or 1024 wide) or ``"sd1"``."""
     if (root / "text_encoder_2").is_dir():
         return "sdxl"
     if not (root / "unet").is_dir() or not (root / "text_encoder").is_dir():
         raise UserError(f"{root}: not a diffusers model folder (needs unet/, text_encoder/, vae/ and model_index.json)")
-    return "sd2" if _read_config(root / "text_encoder").get("hidden_size") == 1024 else "sd1"
+    te = _read_config(root / "text_encoder")
+    return "sd2" if te.get("hidden_size") == 1024 or te.get("hidden_act") == "gelu" else "sd1"
 
 
 def sdxl_config_from_diffusers(cfg: dict):

@@ -76,17 +76,10 @@ def _load_dtype(args) -> torch.dtype:
 
 
 def path_family(src: Path) -> str:
-    """Family of a single file (from its keys) or diffusers folder (SD2: OpenCLIP ``gelu`` text encoder)."""
-    import json
-
+    """Family of a single file (from its keys) or of a diffusers folder."""
     from library.checkpoint_io import detect_path_family
 
-    found = detect_path_family(src)
-    if src.is_dir() and found == "sd1":
-        te = json.loads((src / "text_encoder" / "config.json").read_text(encoding="utf-8"))
-        if te.get("hidden_act") == "gelu":  # sd-train: folder_family only checks hidden_size 1024 (misses tiny SD2)
-            return "sd2"
-    return found
+    return detect_path_family(src)
 
 
 def _check_family(args, src: Path) -> str:

@@ -124,6 +124,10 @@ class ClipTokenizer:
         self._bytes = byte_unicode_table()
         self._pattern = regex.compile(_PATTERN, regex.IGNORECASE)
         self._bpe_cache: dict[str, tuple[str, ...]] = {}  # per instance; plain dict pickles
+        # kohya-compat: transformers' CLIPTokenizer with pad_token "!" (SD2, SDXL TE2) treats every
+        # "!" in a caption as that special token and never BPE-merges it.
+        pad_text = next((t for t, i in self.vocab.items() if i == pad_token_id), None)
+        self._pad_text = pad_text if pad_token_id != self.eos_token_id else None
 
     @classmethod
     def clip_l(cls) -> "ClipTokenizer":
@@ -183,6 +187,14 @@ class ClipTokenizer:
 
     def encode_without_specials(self, text: str) -> list[int]:
         """Token ids of ``text`` without BOS/EOS and without truncation."""
+        if self._pad_text and self._pad_text in text:
+            ids = []
+            for i, part in enumerate(text.split(self._pad_text)):
+                ids += ([self.pad_token_id] if i else []) + self._encode_plain(part)
+            return ids
+        return self._encode_plain(text)
+
+    def _encode_plain(self, text: str) -> list[int]:
         ids: list[int] = []
         for piece in self._pattern.findall(self.clean(text)):
             if piece in self._specials:

@@ -153,3 +153,15 @@ def test_resolve_tokenizer_dir(tmp_path, hf_dir):
     assert resolve_tokenizer_dir(tmp_path / "empty", "clip_l") is None
     with pytest.raises(ValueError, match="unknown tokenizer kind"):
         resolve_tokenizer_dir(tmp_path, "t5")
+
+
+def test_openclip_treats_exclamation_as_the_pad_token_like_transformers(hf_dir):
+    """kohya's TE2 tokenizer (transformers, pad_token "!") never merges a caption's "!"."""
+    from transformers import CLIPTokenizer
+
+    hf = CLIPTokenizer.from_pretrained(str(hf_dir), pad_token="!")
+    ours = ClipTokenizer.openclip()
+    for text in ["wow! a cat!!", "hello!world", "no bang here", "(cute:1.2)!"]:
+        assert ours.encode(text) == hf(ftfy.fix_text(text))["input_ids"], text
+    assert ours.encode("cat!")[1:-1] == [2368, 0]
+    assert ClipTokenizer.clip_l().encode("cat!")[1:-1] == [2368, 256]
