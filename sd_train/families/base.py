@@ -8,11 +8,13 @@ Shared here: long-caption chunking (TRAINING.md §3.1) and re-joining of chunk s
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 77  # kohya-compat: CLIP context length; long captions are cut into 77-token chunks
 
@@ -76,20 +78,25 @@ def join_chunk_states(states: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def load_tokenizer(kind: str, cache_dir: str | None, kohya_folder: str):
-    """Build an offline CLIP tokenizer (``clip_l`` or ``openclip``); prefer kohya's cached files.
+def load_tokenizer(kind: str, cache_dir: str | None):
+    """Build an offline CLIP tokenizer; prefer kohya's cached files under ``--tokenizer_cache_dir``.
 
     Args:
-        kind: ``"clip_l"`` (pads with EOS) or ``"openclip"`` (pads with id 0).
+        kind: ``"clip_l"`` (SD1, SDXL TE1; pads with EOS), ``"openclip_bigg"`` (SDXL TE2) or
+            ``"sd2"`` (both OpenCLIP: pad with id 0, ``!``).
         cache_dir: ``--tokenizer_cache_dir`` or ``None``.
-        kohya_folder: kohya's sub-folder name inside the cache dir.
     """
-    from library.models.tokenizer import ClipTokenizer
+    from library.models.tokenizer import ClipTokenizer, resolve_tokenizer_dir
 
-    if cache_dir and (Path(cache_dir) / kohya_folder / "vocab.json").is_file():  # kohya-compat
-        pad = 49407 if kind == "clip_l" else 0
-        return ClipTokenizer.from_dir(str(Path(cache_dir) / kohya_folder), pad_token_id=pad)
-    return ClipTokenizer.clip_l() if kind == "clip_l" else ClipTokenizer.openclip()
+    builtin = ClipTokenizer.clip_l() if kind == "clip_l" else ClipTokenizer.openclip()
+    folder = resolve_tokenizer_dir(cache_dir, kind)  # kohya-compat: kohya's tokenizer cache folders
+    if folder is None:
+        return builtin
+    cached = ClipTokenizer.from_dir(folder, pad_token_id=builtin.pad_token_id)
+    if not cached.same_vocabulary(builtin):
+        logger.warning("%s: tokenizer vocabulary differs from the built-in CLIP vocabulary; using the cached one",
+                       folder)
+    return cached
 
 
 class ModelFamily(abc.ABC):

@@ -25,11 +25,7 @@ class SdFamily(ModelFamily):
         return "sd2" if self.v2 else "sd1"
 
     def _build_tokenizers(self) -> list:
-        if self.v2:
-            return [load_tokenizer("openclip", self.tokenizer_cache_dir,
-                                   "stabilityai_stable-diffusion-2/tokenizer")]
-        return [load_tokenizer("clip_l", self.tokenizer_cache_dir,
-                               "openai_clip-vit-large-patch14")]
+        return [load_tokenizer("sd2" if self.v2 else "clip_l", self.tokenizer_cache_dir)]
 
     def encode(self, text_encoders: Sequence[torch.nn.Module], tokens: list[torch.Tensor]) -> Conds:
         """Encode (B, n, 77) tokens into a (B, 77|152|227, D) context.

@@ -62,9 +62,8 @@ class SdxlFamily(ModelFamily):
             logger.warning("--clip_skip is ignored for SDXL (TE1 and TE2 use their penultimate layer)")
 
     def _build_tokenizers(self) -> list:
-        return [load_tokenizer("clip_l", self.tokenizer_cache_dir, "openai_clip-vit-large-patch14"),
-                load_tokenizer("openclip", self.tokenizer_cache_dir,
-                               "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k")]
+        return [load_tokenizer("clip_l", self.tokenizer_cache_dir),
+                load_tokenizer("openclip_bigg", self.tokenizer_cache_dir)]
 
     def encode(self, text_encoders: Sequence[torch.nn.Module], tokens: list[torch.Tensor]) -> Conds:
         """Encode ``[ids1, ids2]`` (each (B, n, 77)) into context (B, L, D1 + D2) and pooled (B, P).

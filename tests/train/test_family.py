@@ -107,3 +107,21 @@ def test_sdxl_ignores_clip_skip_with_warning(caplog):
     tokens = fam.tokenize(["a cat"])
     with torch.no_grad():
         assert torch.equal(fam.encode([te1, te2], tokens).context, SdxlFamily().encode([te1, te2], tokens).context)
+
+
+def test_tokenizer_cache_dir_uses_kohya_folders(tmp_path, caplog):
+    import json
+
+    from library.models.tokenizer import ClipTokenizer, builtin_vocabulary
+    from sd_train.families.base import load_tokenizer
+
+    vocab, merges = builtin_vocabulary()
+    folder = tmp_path / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges[:-1]),
+                                       encoding="utf-8")  # one merge fewer: a different vocabulary
+    tok = load_tokenizer("openclip_bigg", str(tmp_path))
+    assert tok.pad_token_id == 0 and len(tok.merges) == len(merges) - 1
+    assert "differs from the built-in CLIP vocabulary" in caplog.text
+    assert load_tokenizer("clip_l", str(tmp_path)).same_vocabulary(ClipTokenizer.clip_l())
