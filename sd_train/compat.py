@@ -65,13 +65,7 @@ def _table() -> tuple[Unsupported, ...]:
 def _not_yet_implemented() -> list[Unsupported]:
     """sd-train: kohya features this version does not implement yet; refused or flagged, never silent."""
     todo = "is not implemented in this version of sd-train"
-    resume = "; use --resume with an sd-train state folder (bit-exact) instead"
-    rows = [Unsupported(f, REJECT, f"--{f} {todo}{resume}")
-            for f in ("initial_step", "initial_epoch", "skip_until_initial_step")]
-    rows.append(Unsupported("weighted_captions", REJECT, f"--weighted_captions {todo}; remove it"))
-    rows += [Unsupported(f, IGNORE, f"--{f}: validation loss {todo}; held-out images are still excluded "
-                                    "from training") for f in ("validation_split", "validate_every_n_steps",
-                                                               "validate_every_n_epochs", "max_validation_steps")]
+    rows = [Unsupported("weighted_captions", REJECT, f"--weighted_captions {todo}; remove it")]
     fp8 = "fp8 base weights are not implemented in this version of sd-train; the base stays in the compute dtype"
     rows += [Unsupported(f, IGNORE, f"--{f}: {fp8}") for f in ("fp8_base", "fp8_base_unet")]
     return rows

@@ -10,13 +10,13 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
 from library.dataset import latent_cache
@@ -24,30 +24,20 @@ from library.dataset.config import CliDefaults
 from library.dataset.dataset import BucketBatchDataset
 from library.dataset.plan import build_plan
 from library.dataset.prepare import prepare
-from library.errors import UserError
-from sd_train import checkpointing, metadata, optim, sampling
+from sd_train import checkpointing, metadata, optim, resume, sampling
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import parse_options, write_output_config
 from sd_train.families.base import family_kwargs
+from sd_train.distributed import average_gradients
 from sd_train.guard import NanGuard, batch_report, is_finite
 from sd_train.network_host import NetworkHost, parse_network_args
+from sd_train.resume import Progress
 from sd_train.steps import compute_steps
+from sd_train.validation import Validator
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
-RESUME_RECORD = "sd_train_resume.pt"
-FINGERPRINT_KEYS = ("train_batch_size", "gradient_accumulation_steps", "dataset_config", "train_data_dir",
-                    "reg_data_dir", "in_json", "resolution", "optimizer_type", "learning_rate", "loss_type",
-                    "noise_offset", "multires_noise_iterations", "ip_noise_gamma", "min_snr_gamma")
 LOSS_READ_EVERY = 10  # optimizer steps between host reads of the loss (no .item() every step)
-
-
-@dataclass
-class Progress:
-    """Where the run is (TRAINING.md §11): optimizer steps, epoch (from 0), next micro-batch index."""
-    global_step: int = 0
-    epoch: int = 0
-    batch_index: int = 0
 
 
 class Trainer:
@@ -75,7 +65,12 @@ class Trainer:
         self._setup_network()
         self._setup_optimizer()
         if self.opts.saving.resume:
-            self.load_state(self.opts.saving.resume)
+            resume.load_state(self, self.opts.saving.resume)
+        t = self.opts.training
+        self.progress = resume.initial_progress(t.initial_step, t.initial_epoch, t.skip_until_initial_step,
+                                                self.steps_per_epoch, self.max_train_steps,
+                                                t.gradient_accumulation_steps) or self.progress
+        self.validator = Validator(self, self.val_dataset)
         self.metadata = self._build_metadata()
         return True
 
@@ -94,11 +89,14 @@ class Trainer:
         defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
         self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
                                 bucket_step_multiple=self.family.bucket_step_multiple)
-        Path(s.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
-            json.dumps(self.prepared.report(), indent=2, default=str))
-        print(self.prepared.format_report())
+        if PartialState(cpu=_gloo_on_cpu()).is_main_process:  # only rank 0 writes files
+            Path(s.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
+                json.dumps(self.prepared.report(), indent=2, default=str))
+            print(self.prepared.format_report())
         self.dataset = BucketBatchDataset(self.prepared.train, dataset_seed=self.dataset_seed)
+        self.val_dataset = (BucketBatchDataset(self.prepared.validation, dataset_seed=self.dataset_seed)
+                            if self.prepared.validation else None)
         return not self.opts.dataset.debug_dataset
 
     def _indices(self, start: int) -> list[int]:
@@ -120,7 +118,7 @@ class Trainer:
         log, mp = self.opts.logging, self.opts.model.mixed_precision
         stamp = (log.log_prefix or "") + time.strftime("%Y%m%d%H%M%S")  # kohya-compat: run folder name
         log_dir = log.logging_dir and os.path.join(log.logging_dir, stamp)
-        self.accelerator = Accelerator(mixed_precision=mp or "no", project_dir=log_dir,
+        self.accelerator = Accelerator(mixed_precision=mp or "no", project_dir=log_dir, cpu=_gloo_on_cpu(),
                                        log_with=log.log_with or ("tensorboard" if log.logging_dir else None))
         self.weight_dtype = DTYPES.get(mp, torch.float32)
         self.save_dtype = DTYPES.get(self.opts.saving.save_precision)
@@ -139,15 +137,17 @@ class Trainer:
             te.to(device, self.weight_dtype if device.type != "cpu" else torch.float32)
         vae.to(device, torch.float32 if m.no_half_vae else self.weight_dtype)
         show, tag = self.accelerator.is_local_main_process, "sdxl" if self.family.name == "sdxl" else "sd"
+        for ds in filter(None, (self.dataset, self.val_dataset)):
+            if d.cache_latents or d.cache_latents_to_disk:
+                latent_cache.cache_latents(
+                    ds, self.family.latent_encoder(vae, device, self.gen), batch_size=d.vae_batch_size or 1,
+                    to_disk=d.cache_latents_to_disk, skip_check=d.skip_cache_check, family_tag=tag, progress=show)
+            if d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk:
+                latent_cache.cache_text_encoder_outputs(
+                    ds, partial(self.family.cache_outputs, self.models.text_encoders),
+                    batch_size=d.vae_batch_size or 1, to_disk=d.cache_text_encoder_outputs_to_disk, progress=show)
         if d.cache_latents or d.cache_latents_to_disk:
-            latent_cache.cache_latents(
-                self.dataset, self.family.latent_encoder(vae, device, self.gen), batch_size=d.vae_batch_size or 1,
-                to_disk=d.cache_latents_to_disk, skip_check=d.skip_cache_check, family_tag=tag, progress=show)
             vae.to("cpu")
-        if d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk:
-            latent_cache.cache_text_encoder_outputs(
-                self.dataset, partial(self.family.cache_outputs, self.models.text_encoders),
-                batch_size=d.vae_batch_size or 1, to_disk=d.cache_text_encoder_outputs_to_disk, progress=show)
 
     def _setup_network(self) -> None:
         """Merge --base_weights, create and apply the network, load --network_weights (NETWORKS.md §2)."""
@@ -247,11 +247,13 @@ class Trainer:
             self._save_model("step")
             if s.save_state:
                 self.save_state("step")
+        self.validator.after_step(step)
 
     def _end_epoch(self, epoch_no: int) -> None:
         """End of epoch ``epoch_no`` (from 1): epoch average, epoch checkpoint (not the last), sampling."""
         p, s = self.progress, self.opts.saving
         self.accelerator.log({"loss/epoch_average": self.losses.average}, step=epoch_no)
+        self.validator.after_epoch(epoch_no)
         p.epoch, p.batch_index = p.epoch + 1, 0
         if s.save_every_n_epochs and epoch_no % s.save_every_n_epochs == 0 and epoch_no < self.num_epochs:
             self._save_model("epoch", epoch=epoch_no)
@@ -262,17 +264,26 @@ class Trainer:
     def train_step(self, batch: dict, accum: int = 1) -> torch.Tensor:
         """One micro-batch: latents → noise → predict → loss → backward; returns the detached loss. No host
         sync: a non-finite loss makes the grad norm non-finite and :meth:`_optimizer_step` skips the window."""
+        loss, self._last_timesteps = self.compute_loss(batch, self.gen, self.rng)
+        self.accelerator.backward(loss / accum)
+        return loss.detach()
+
+    def compute_loss(self, batch: dict, gen: torch.Generator, rng: random.Random,
+                     timestep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss of one batch (TRAINING.md §5–6) with noise from ``gen`` / ``rng``; ``timestep`` fixes
+        every sample's timestep (validation). Returns ``(loss (), timesteps (B,))``."""
         device = self.accelerator.device
         latents = batch.get("latents")
         if latents is None:
-            latents = self.family.latent_encoder(self.models.vae, device, self.gen)(batch["images"])
+            latents = self.family.latent_encoder(self.models.vae, device, gen)(batch["images"])
         latents = latents.to(device, torch.float32) * self.family.latent_scale
         if batch.get("text_encoder_outputs") is not None:
             conds = self.family.cached_conds(batch["text_encoder_outputs"])
         else:
-            with torch.set_grad_enabled(self.train_te):
+            with torch.set_grad_enabled(self.train_te and torch.is_grad_enabled()):
                 conds = self.family.encode(self.models.text_encoders, self.family.tokenize(batch["captions"]))
-        eps, x_t, t = noise_lib.noisy_latents(self.schedule, latents, self.noise_opts, self.gen, self.rng)
+        fixed = None if timestep is None else torch.full((latents.shape[0],), timestep, dtype=torch.long)
+        eps, x_t, t = noise_lib.noisy_latents(self.schedule, latents, self.noise_opts, gen, rng, timesteps=fixed)
         with self.accelerator.autocast():
             pred = self.family.predict(self.models.unet, x_t.to(self.weight_dtype), t,
                                        conds.to(device, self.weight_dtype), batch)
@@ -281,14 +292,13 @@ class Trainer:
         mask = batch.get("alpha_masks") if cond is None else loss_lib.conditioning_mask(cond)
         loss = loss_lib.per_sample_loss(pred, target, t, self.schedule.alphas_cumprod, self.schedule.snr,
                                         self.loss_opts, mask=mask, loss_weights=batch.get("loss_weights")).mean()
-        self._last_timesteps = t
-        self.accelerator.backward(loss / accum)
-        return loss.detach()
+        return loss, t
 
     def _optimizer_step(self, window: list[torch.Tensor], batch: dict) -> None:
         """Clip, check finiteness (one host sync per optimizer step), then step or skip (TRAINING.md §12)."""
         max_norm, step = self.opts.optimizer.max_grad_norm, self.progress.global_step + 1
         params = self.host.get_trainable_params()
+        average_gradients(params, self.accelerator)
         norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
         if is_finite(torch.stack(window).sum() + norm.to(window[0].device)):
             self.optimizer.step()
@@ -336,53 +346,17 @@ class Trainer:
         return path
 
     def save_state(self, kind: str, epoch: int | None = None) -> Path:
-        """Write a state folder atomically: accelerate state + train_state.json + resume record."""
-        self._flush_losses()
-        s, p, index = self.opts.saving, self.progress, self.progress.global_step if kind == "step" else epoch
-        final = Path(s.output_dir) / checkpointing.state_dir_name(kind, s.output_name, index)
-        if not self.accelerator.is_main_process:
-            return final
-        with checkpointing.atomic_state_dir(final) as tmp:
-            self.accelerator.save_state(str(tmp))
-            torch.save({"progress": vars(p).copy(), "loss_slots": list(self.losses.slots),
-                        "guard": self.guard.state_dict(), "noise_gen": self.gen.get_state(),
-                        "noise_rng": self.rng.getstate(), "global_rng": noise_lib.rng_snapshot()},
-                       tmp / RESUME_RECORD)
-            checkpointing.write_train_state(tmp, p.epoch + 1, p.global_step, {
-                "global_step": p.global_step, "epoch_index": p.epoch, "batch_index_in_epoch": p.batch_index,
-                "micro_step_in_accumulation": 0, "dataset_seed": self.dataset_seed,
-                "max_train_steps": self.max_train_steps, "num_train_epochs": self.num_epochs,
-                "options_fingerprint": self._fingerprint()})
-        if kind != "final":
-            self._prune(kind, final, index, state=True)
-        return final
-
-    def _fingerprint(self) -> str:
-        """Hash of the options that change the data order or the math (CLI.md §9)."""
-        ns = self.opts.namespace()
-        return checkpointing.options_fingerprint({"seed": self.seed, **{k: getattr(ns, k) for k in FINGERPRINT_KEYS}})
-
-    def load_state(self, folder: str) -> None:
-        """Resume from a state folder: bit-exact with an sd-train record, else kohya-style (CLI.md §9)."""
-        info, t = checkpointing.read_train_state(folder), self.opts.training
-        record, path, forced = info.get("sd_train"), Path(folder) / RESUME_RECORD, t.initial_step or t.initial_epoch
-        if record and record["options_fingerprint"] != self._fingerprint() and not forced:
-            raise UserError(f"--resume {folder}: the state was written with different options (batch size, "
-                            "dataset, accumulation, seed, ...); pass --initial_step to resume anyway")
-        self.accelerator.load_state(str(folder))
-        if not record or not path.is_file():  # kohya state: restart at the epoch boundary
-            self.progress = Progress(info["current_step"], info["current_step"] // self.steps_per_epoch)
-            return self.accelerator.print(f"resumed kohya state {folder}; not bit-exact")
-        saved = torch.load(path, weights_only=True)
-        self.progress, self.losses.slots = Progress(**saved["progress"]), list(saved["loss_slots"])
-        self.guard.load_state_dict(saved["guard"])
-        self.gen.set_state(saved["noise_gen"])
-        self.rng.setstate(saved["noise_rng"])
-        noise_lib.rng_restore(saved["global_rng"])
+        """Write a state folder (see :func:`sd_train.resume.save_state`)."""
+        return resume.save_state(self, kind, epoch)
 
     def cleanup(self) -> None:
         """End accelerate's trackers."""
         self.accelerator.end_training()
+
+
+def _gloo_on_cpu() -> bool:
+    """sd-train: a multi-process launch (``LOCAL_RANK`` set) without CUDA trains on the CPU over gloo."""
+    return int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
 
 
 def run(family_cls, argv: list[str] | None, entry: str) -> int:

@@ -216,14 +216,16 @@ def test_help_renders_every_option(entry):
     assert "--lr_warmup_steps" in text and "'N%'" in text
 
 
-@pytest.mark.parametrize("flag", ["--initial_step=3", "--initial_epoch=2", "--skip_until_initial_step",
-                                  "--weighted_captions"])
-def test_unimplemented_features_are_refused_not_ignored(flag):
+def test_unimplemented_features_are_refused_not_ignored():
     with pytest.raises(UserError, match="is not implemented in this version of sd-train"):
-        parse_options(["--pretrained_model_name_or_path", "m.safetensors", flag], "sdxl")
+        parse_options(["--pretrained_model_name_or_path", "m.safetensors", "--weighted_captions"], "sdxl")
 
 
-def test_unimplemented_validation_is_flagged(caplog):
+@pytest.mark.parametrize("flag", ["--initial_step=3", "--initial_epoch=2", "--skip_until_initial_step",
+                                  "--validation_split=0.2", "--validate_every_n_steps=2"])
+def test_implemented_resume_and_validation_flags_parse_silently(flag, caplog):
     with caplog.at_level(logging.WARNING):
-        parse_options(["--pretrained_model_name_or_path", "m.safetensors", "--validation_split", "0.2"], "sdxl")
-    assert "validation loss is not implemented" in caplog.text
+        options = parse_options(["--pretrained_model_name_or_path", "m.safetensors", flag], "sdxl")
+    name = flag[2:].partition("=")[0]
+    assert getattr(options.training, name) not in (None, False, 0.0)
+    assert "not implemented" not in caplog.text

@@ -1,0 +1,29 @@
+"""Gradient averaging across processes for networks that run inside the base model (CLI.md §7)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def average_gradients(params: list[torch.Tensor], accelerator) -> None:
+    """All-reduce (mean) the gradients of ``params`` across processes in one flat collective.
+
+    sd-train: the network's modules run inside the frozen U-Net / text encoders, so the DDP wrapper's
+    ``forward`` is never called and its autograd hooks never fire; without this each process would
+    step on its own gradients and the copies would drift apart. Called once per optimizer step (after
+    accumulation), before clipping. A missing gradient counts as zeros. No-op for one process.
+
+    Args:
+        params: the trainable parameters (same order on every process).
+        accelerator: the run's ``accelerate.Accelerator``.
+    """
+    if accelerator.num_processes <= 1 or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    flat = accelerator.reduce(flat, reduction="mean")
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        offset += n
