@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from library.dataset import latent_cache
@@ -27,7 +28,7 @@ from library.dataset.prepare import prepare
 from sd_train import checkpointing, metadata, optim, resume, sampling
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
-from sd_train.cli import parse_options, write_output_config
+from sd_train.cli import build_parser, parse_options, write_output_config
 from sd_train.families.base import family_kwargs
 from sd_train.distributed import average_gradients
 from sd_train.guard import NanGuard, batch_report, is_finite
@@ -350,8 +351,11 @@ class Trainer:
         return resume.save_state(self, kind, epoch)
 
     def cleanup(self) -> None:
-        """End accelerate's trackers."""
+        """End accelerate's trackers; in a single process, forget accelerate's global state so that
+        ``main()`` can run again in-process with other precision settings (tests, notebooks)."""
         self.accelerator.end_training()
+        if self.accelerator.num_processes == 1:
+            AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _gloo_on_cpu() -> bool:
@@ -363,7 +367,8 @@ def run(family_cls, argv: list[str] | None, entry: str) -> int:
     """Parse options (``entry`` = ``"sd"`` | ``"sdxl"``), then set up and train; returns 0."""
     options = parse_options(argv, entry)
     if options.training.output_config:
-        return write_output_config(options, options.training.output_config) or 0
+        write_output_config(options, options.training.config_file, build_parser(entry))
+        return 0
     trainer = Trainer(options, family_cls(**family_kwargs(options)))
     if not trainer.setup():
         return 0

@@ -1,0 +1,74 @@
+"""End-to-end: bf16 autocast and every optimizer that runs on a CPU train and save a finite LoRA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from library.safetensors_io import load_file
+from sd_train.sdxl_train_network import main as sdxl_main
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from tools.make_sample_dataset import make_sample_dataset
+    from tools.make_tiny_model import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("e2e_opt")
+    return make_tiny_checkpoint("sdxl", root / "tiny_sdxl.safetensors"), make_sample_dataset(root / "data")
+
+
+def _run(assets, out, *extra):
+    ckpt, toml = assets
+    args = ["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml),
+            "--output_dir", str(out), "--network_module", "networks.lora", "--network_dim", "4",
+            "--max_train_steps", "2", "--max_data_loader_n_workers", "0", "--seed", "3",
+            "--network_train_unet_only", "--cache_latents", *extra]
+    assert sdxl_main(args) == 0
+    weights, meta = load_file(out / "last.safetensors")
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values())
+    ups = [v for k, v in weights.items() if k.endswith("lora_up.weight")]
+    assert any(bool(u.abs().sum() > 0) for u in ups), "the optimizer never moved the LoRA"
+    return weights, meta
+
+
+def test_bf16_autocast_with_bf16_save(assets, tmp_path):
+    weights, meta = _run(assets, tmp_path / "o", "--mixed_precision", "bf16", "--save_precision", "bf16",
+                         "--learning_rate", "1e-3")
+    assert meta["ss_mixed_precision"] == "bf16"
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}
+
+
+def test_full_bf16_network(assets, tmp_path):
+    weights, _ = _run(assets, tmp_path / "o", "--mixed_precision", "bf16", "--full_bf16",
+                      "--learning_rate", "1e-3")
+    assert {v.dtype for k, v in weights.items() if k.endswith(".weight")} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("optimizer, lr, extra, cls", [
+    ("AdamW", "1e-3", ["weight_decay=0.01"], "AdamW"),
+    ("Lion", "1e-4", [], "Lion"),
+    ("SGDNesterov", "1e-2", [], "SGD"),
+    ("Prodigy", "1.0", [], "Prodigy"),
+    ("DAdaptAdam", "1.0", [], "DAdaptAdam"),
+    ("Adafactor", "1e-3", ["relative_step=False", "scale_parameter=False", "warmup_init=False"], "Adafactor"),
+    ("AdamWScheduleFree", "1e-3", [], "AdamWScheduleFree"),
+    ("torch.optim.RMSprop", "1e-3", [], "RMSprop"),
+])
+def test_each_cpu_optimizer_trains(assets, tmp_path, optimizer, lr, extra, cls):
+    args = ["--optimizer_type", optimizer, "--learning_rate", lr]
+    if extra:
+        args += ["--optimizer_args", *extra]
+    _, meta = _run(assets, tmp_path / "o", *args)
+    assert meta["ss_optimizer"].split("(")[0].rsplit(".", 1)[-1] == cls
+
+
+def test_output_config_writes_the_file_and_does_not_train(tmp_path):
+    out_toml = tmp_path / "train.toml"
+    code = sdxl_main(["--output_config", "--config_file", str(out_toml), "--network_dim", "32",
+                      "--network_module", "networks.lora", "--output_dir", str(tmp_path / "never")])
+    assert code == 0
+    text = out_toml.read_text(encoding="utf-8")
+    assert 'network_module = "networks.lora"' in text and "network_dim = 32" in text
+    assert "output_config =" not in text and "config_file =" not in text and not (tmp_path / "never").exists()
+    assert sdxl_main(["--output_config", "--config_file", str(out_toml)]) == 1  # never overwrites
