@@ -2,12 +2,16 @@
 
 The LoRA has kohya's SDXL key set (``lora_keys_sdxl.tsv``: UNet + both text encoders, 986 modules)
 with random weights, generated module by module. The fast path (``library.lora_svd.resize_factors``:
-QR of both factors + SVD of the 128×128 core) runs on every module. The dense path (kohya: form
-``up @ down`` and call ``torch.linalg.svd`` with full matrices) is timed once per distinct module
-shape and extrapolated by the number of modules of that shape (say so in the output).
+Householder QR of both factors, SVD of the 128×128 core, only the k kept vectors formed) runs on
+every module. The dense path (kohya: form ``up @ down``, ``torch.linalg.svd`` with full matrices,
+truncate) is timed per distinct module shape on ``--dense_samples`` modules (the first ones of that
+shape, which the fast path also ran); their mean times the module count of that shape is its
+estimate (the output says so), and the products of both paths are compared on those modules. Both
+paths run in the same process with the same ``torch.set_num_threads`` (printed), after one
+untimed warm-up call each.
 
 Usage: ``python benchmarks/tools.py [--keys PATH] [--rank 128] [--new_rank 32] [--device cpu]
-[--dense_full_matrices 1]``.
+[--dense_full_matrices 1] [--dense_samples 2] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -46,10 +50,10 @@ def factors(down_shape, up_shape, rank, gen):
 
 
 def dense_resize(down, up, new_rank, device, full_matrices):
-    """kohya's method: SVD of the dense product, truncated."""
+    """kohya's method: SVD of the dense product ``up @ down``, truncated to ``(up (out, k), down (k, n))``."""
     w = up.reshape(up.shape[0], -1).to(device) @ down.reshape(down.shape[0], -1).to(device)
     u, s, vh = torch.linalg.svd(w, full_matrices=full_matrices)
-    return (u[:, :new_rank] * s[:new_rank]) @ vh[:new_rank]
+    return u[:, :new_rank] * s[:new_rank], vh[:new_rank]
 
 
 def _sync(device):
@@ -57,44 +61,73 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run(args) -> None:
-    """Time both paths and print the table."""
-    shapes = module_shapes(Path(args.keys))
-    gen = torch.Generator().manual_seed(0)
-    by_shape = Counter((up[0], int(torch.Size(down[1:]).numel())) for down, up in shapes.values())
-    fast_time, fast_by_shape, sample = 0.0, {}, {}
-    for name, (ds, us) in shapes.items():
+def _timed(fn, device):
+    """``(result, seconds)`` of ``fn()`` with device synchronisation around it."""
+    _sync(device)
+    t0 = time.perf_counter()
+    result = fn()
+    _sync(device)
+    return result, time.perf_counter() - t0
+
+
+def _shape_key(ds, us):
+    return us[0], int(torch.Size(ds[1:]).numel())
+
+
+def _warm_up(args):
+    """One untimed call of each path so one-off library start-up is not charged to either."""
+    down, up = factors((args.rank, 64), (320, args.rank), args.rank, torch.Generator().manual_seed(1))
+    resize_factors(down, up, args.rank, args.new_rank, device=args.device)
+    dense_resize(down, up, args.new_rank, args.device, bool(args.dense_full_matrices))
+
+
+def run_fast(args, shapes, gen):
+    """Resize every module with the factor SVD; keep the first ``dense_samples`` modules of each shape."""
+    total, by_shape, samples = 0.0, Counter(), {}
+    for ds, us in shapes.values():
         down, up = factors(ds, us, args.rank, gen)
-        _sync(args.device)
-        t0 = time.perf_counter()
-        new_down, new_up, _, _ = resize_factors(down, up, args.rank, args.new_rank, device=args.device)
-        _sync(args.device)
-        dt = time.perf_counter() - t0
-        fast_time += dt
-        key = (us[0], int(torch.Size(ds[1:]).numel()))
-        fast_by_shape[key] = fast_by_shape.get(key, 0.0) + dt
-        if key not in sample:
-            sample[key] = (down, up, new_up.reshape(new_up.shape[0], -1) @ new_down.reshape(new_down.shape[0], -1))
-    print(f"modules: {len(shapes)}, rank {args.rank} -> {args.new_rank}, device {args.device}, "
-          f"{len(by_shape)} distinct shapes; dense times are measured once per shape and extrapolated")
-    print(f"{'out x n':>14} {'count':>6} {'fast s':>9} {'dense s (extrap.)':>18} {'ratio':>8} {'max |diff|':>11} {'rel':>9}")
+        (new_down, new_up, _, _), dt = _timed(
+            lambda: resize_factors(down, up, args.rank, args.new_rank, device=args.device), args.device)
+        total += dt
+        key = _shape_key(ds, us)
+        by_shape[key] += dt
+        if len(samples.setdefault(key, [])) < args.dense_samples:
+            samples[key].append((down, up, new_up.reshape(new_up.shape[0], -1) @ new_down.reshape(new_down.shape[0], -1)))
+    return total, by_shape, samples
+
+
+def run(args) -> None:
+    """Time both paths in the same process and print the per-shape table and the overall ratio."""
+    torch.set_num_threads(args.threads)
+    shapes = module_shapes(Path(args.keys))
+    counts = Counter(_shape_key(ds, us) for ds, us in shapes.values())
+    _warm_up(args)
+    fast_time, fast_by_shape, samples = run_fast(args, shapes, torch.Generator().manual_seed(0))
+    fast_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}; modules {len(shapes)}, "
+          f"rank {args.rank} -> {args.new_rank}, {len(counts)} distinct shapes")
+    print(f"fast path: every module timed. dense path (full_matrices={bool(args.dense_full_matrices)}): "
+          f"{args.dense_samples} module(s) per shape timed, mean x module count")
+    print(f"{'out x n':>14} {'count':>6} {'fast s':>9} {'dense s (est.)':>15} {'ratio':>8} {'max |diff|':>11} {'rel':>9}")
     dense_total = 0.0
-    for key, count in sorted(by_shape.items()):
-        down, up, fast_w = sample[key]
-        _sync(args.device)
-        t0 = time.perf_counter()
-        ref = dense_resize(down, up, args.new_rank, args.device, bool(args.dense_full_matrices))
-        _sync(args.device)
-        dense = (time.perf_counter() - t0) * count
+    for key, count in sorted(counts.items()):
+        times, diffs, rels = [], [], []
+        for down, up, fast_w in samples[key]:
+            (d_up, d_down), dt = _timed(
+                lambda: dense_resize(down, up, args.new_rank, args.device, bool(args.dense_full_matrices)), args.device)
+            times.append(dt)
+            ref = d_up @ d_down
+            diffs.append((fast_w.to(ref.device) - ref).abs().max().item())
+            rels.append(((fast_w.to(ref.device) - ref).norm() / ref.norm()).item())
+        dense = sum(times) / len(times) * count
         dense_total += dense
-        diff = (fast_w.to(ref.device) - ref).abs().max().item()
-        rel = ((fast_w.to(ref.device) - ref).norm() / ref.norm()).item()
-        print(f"{key[0]:>6} x {key[1]:<6} {count:>6} {fast_by_shape[key]:>9.3f} {dense:>18.3f} "
-              f"{dense / max(fast_by_shape[key], 1e-9):>8.1f} {diff:>11.2e} {rel:>9.2e}")
-    print(f"{'total':>14} {len(shapes):>6} {fast_time:>9.3f} {dense_total:>18.3f} {dense_total / fast_time:>8.1f}")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {rss:.0f} MiB" + (f"; peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
-                                         if torch.device(args.device).type == "cuda" else ""))
+        print(f"{key[0]:>6} x {key[1]:<6} {count:>6} {fast_by_shape[key]:>9.3f} {dense:>15.3f} "
+              f"{dense / max(fast_by_shape[key], 1e-9):>8.1f} {max(diffs):>11.2e} {max(rels):>9.2e}")
+    print(f"{'total':>14} {len(shapes):>6} {fast_time:>9.3f} {dense_total:>15.3f} {dense_total / fast_time:>8.1f}")
+    print(f"speed-up dense / fast: {dense_total / fast_time:.1f}x; peak RSS after the fast path: {fast_rss:.0f} MiB, "
+          f"after both: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+          + (f"; peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+             if torch.device(args.device).type == "cuda" else ""))
 
 
 def main(argv=None) -> int:
@@ -105,6 +138,9 @@ def main(argv=None) -> int:
     p.add_argument("--new_rank", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dense_full_matrices", type=int, default=1, help="1: kohya's full SVD; 0: reduced")
+    p.add_argument("--dense_samples", type=int, default=2, help="modules per distinct shape timed on the dense path")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads for both paths (1: stable timings on a shared CPU)")
     p.add_argument("--merge_dir", default=None, help="instead: merge benchmark on a synthetic SD1.5 checkpoint here")
     args = p.parse_args(argv)
     if args.merge_dir:

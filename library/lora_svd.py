@@ -1,17 +1,16 @@
 """Exact SVD of low-rank LoRA products, rank selection and clamping (TOOLS.md §2–§5).
 
-``ΔW = up @ down`` has rank ≤ R, so its SVD comes from a QR of each factor and the SVD of an R×R
-core: ``O((out + n)·R²)`` instead of the dense ``O(out·n·min(out, n))``. Shared by resize_lora,
-svd_merge_lora, merge_lora and extract_lora.
-"""
+``ΔW = up @ down`` has rank ≤ R: its SVD comes from Householder QRs of both factors and the SVD of the
+R×R core, ``O((out + n)·R² + R³)`` plus ``O((out + n)·R·k)`` for ``k`` output vectors, instead of the
+dense ``O(out·n·min(out, n))``. Shared by resize_lora, svd_merge_lora, merge_lora and extract_lora."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from library.lora_math import lora_scale
-
-
 
 ZERO_SV = 1e-6  # kohya-compat: resize_lora's MIN_SV, below which a module counts as all-zero
 
@@ -26,29 +25,83 @@ def _fix_signs(u: torch.Tensor, vh: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return u * sign, vh * sign[:, None]
 
 
-def product_svd(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of ``up @ down`` computed from the factors (QR of both + SVD of the R×R core).
+class FactorSVD(NamedTuple):
+    """Singular values of ``up @ down`` plus what is needed to form any leading singular vectors.
+
+    ``s (m,)``, ``m = min(R, out, n)``, descending. Factored case: ``hb, tau_b`` / ``ha, tau_a`` are
+    ``torch.geqrf`` of ``up (out, R)`` / ``downᵀ (n, R)``, ``um``, ``vm`` ``(R, R)`` the core's singular
+    vectors. Dense case (``R >= min(out, n)``): ``um (out, m)``, ``vm (n, m)`` are the product's.
+    """
+
+    s: torch.Tensor
+    um: torch.Tensor
+    vm: torch.Tensor
+    hb: torch.Tensor | None = None
+    tau_b: torch.Tensor | None = None
+    ha: torch.Tensor | None = None
+    tau_a: torch.Tensor | None = None
+
+
+def factor_svd(up: torch.Tensor, down: torch.Tensor) -> FactorSVD:
+    """Singular values of ``up @ down`` from the factors: ``O((out + n)·R² + R³)``, no ``out × n`` matrix.
 
     Args:
         up: ``(out, R)`` matrix (conv factors must be flattened by the caller).
         down: ``(R, n)`` matrix, same dtype and device as ``up``.
 
     Returns:
-        ``(U (out, m), S (m,), Vh (m, n))`` with ``m = min(R, out, n)``, ``S`` descending,
-        ``U @ diag(S) @ Vh == up @ down`` to rounding, signs fixed by :func:`_fix_signs`. When
-        ``R >= min(out, n)`` the dense product is decomposed instead (it is then no larger).
+        A :class:`FactorSVD` (Q factors are never formed: the core is ``R_B · R_Aᵀ``); pass it to
+        :func:`singular_vectors` for the leading ``k`` vectors.
     """
     out, rank = up.shape
     n = down.shape[1]
     if rank >= min(out, n):
         u, s, vh = torch.linalg.svd(up @ down, full_matrices=False)
+        return FactorSVD(s, u, vh.mT)
+    hb, tau_b = torch.geqrf(up)
+    ha, tau_a = torch.geqrf(down.mT)
+    core = hb[:rank].triu() @ ha[:rank].triu().mT
+    um, s, vmh = torch.linalg.svd(core)
+    return FactorSVD(s, um, vmh.mT, hb, tau_b, ha, tau_a)
+
+
+def _apply_q(h: torch.Tensor, tau: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
+    """``Q @ small`` for the thin ``Q`` of a ``geqrf`` result ``h (rows, R)``; ``small`` is ``(R, k)``."""
+    padded = small.new_zeros(h.shape[0], small.shape[1])
+    padded[: small.shape[0]] = small
+    return torch.ormqr(h, tau, padded)
+
+
+def singular_vectors(f: FactorSVD, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leading ``k`` singular vectors ``(U (out, k), Vh (k, n))`` of a :func:`factor_svd` result.
+
+    Only ``Q_B @ U_M[:, :k]`` and ``(Q_A @ V_M[:, :k])ᵀ`` are formed (``O((out + n)·R·k)``, Householder
+    products applied with ``torch.ormqr``). Signs follow :func:`_fix_signs`; ``k`` is capped at ``m``.
+    """
+    k = f.s.shape[0] if k is None else min(k, f.s.shape[0])
+    if f.hb is None:
+        u, v = f.um[:, :k], f.vm[:, :k]
     else:
-        qb, rb = torch.linalg.qr(up)
-        qa, ra = torch.linalg.qr(down.T)
-        um, s, vmh = torch.linalg.svd(rb @ ra.T)
-        u, vh = qb @ um, vmh @ qa.T
-    u, vh = _fix_signs(u, vh)
-    return u, s, vh
+        u = _apply_q(f.hb, f.tau_b, f.um[:, :k])
+        v = _apply_q(f.ha, f.tau_a, f.vm[:, :k])
+    return _fix_signs(u, v.mT)
+
+
+def product_svd(up: torch.Tensor, down: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of ``up @ down`` computed from the factors (QR of both + SVD of the R×R core, TOOLS.md §2).
+
+    Args:
+        up: ``(out, R)`` matrix (conv factors must be flattened by the caller).
+        down: ``(R, n)`` matrix, same dtype and device as ``up``.
+        k: number of singular vector pairs to form (None: all ``m``).
+
+    Returns:
+        ``(U (out, k), S (m,), Vh (k, n))``, ``m = min(R, out, n)``, all of ``S`` (descending); with
+        ``k = m``, ``U @ diag(S) @ Vh == up @ down`` to rounding. Signs as :func:`_fix_signs`.
+    """
+    f = factor_svd(up, down)
+    u, vh = singular_vectors(f, k)
+    return u, f.s, vh
 
 
 def truncate_svd(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,23 +200,21 @@ def resize_factors(down: torch.Tensor, up: torch.Tensor, alpha: float | None, ma
         up: ``(out, r)`` or ``(out, r, 1, 1)``.
         alpha: stored alpha (None: ``r``).
         max_rank: target rank, or the cap for a dynamic method.
-        method: None, ``sv_ratio``, ``sv_cumulative`` or ``sv_fro``.
-        param: the dynamic method's parameter.
+        method, param: None, or ``sv_ratio`` / ``sv_cumulative`` / ``sv_fro`` and its parameter.
         device: where the QR/SVD run.
 
     Returns:
         ``(new_down, new_up, new_alpha, (S padded to min(out, n), k))`` in float32 on the CPU;
-        ``new_alpha = alpha / r · k`` keeps the effective scale.
+        ``new_alpha = alpha / r · k`` keeps the effective scale. Only ``k`` vector pairs are formed.
     """
     rank = down.shape[0]
     u2, d2 = flatten_factors(up.to(device, torch.float32), down.to(device, torch.float32))
-    u, s, vh = product_svd(u2, d2)
-    s_full = padded_singular_values(s, min(u2.shape[0], d2.shape[1]))
-    k = dynamic_rank(s_full, method, param) if method else max_rank
-    if float(s_full[0]) <= ZERO_SV:
-        k = 1
+    f = factor_svd(u2, d2)
+    s_full = padded_singular_values(f.s, min(u2.shape[0], d2.shape[1]))
+    k = 1 if float(s_full[0]) <= ZERO_SV else dynamic_rank(s_full, method, param) if method else max_rank
     k = max(1, min(k, max_rank, u2.shape[0], d2.shape[1]))
-    new_up, new_down = truncate_svd(u, s, vh, k)
+    u, vh = singular_vectors(f, k)
+    new_up, new_down = truncate_svd(u, f.s, vh, k)
     new_up, new_down = unflatten_factors(new_up.cpu(), new_down.cpu(), tuple(down.shape))
     scale = (float(alpha) if alpha else rank) / rank
     return new_down, new_up, scale * k, (s_full.cpu(), k)
@@ -189,8 +240,8 @@ def svd_merge_factors(items, rank: int, device: torch.device | str | None = None
         ups.append(u2 * (float(weight) * lora_scale(alpha, down.shape[0])))
         downs.append(d2)
     big_up, big_down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
-    u, s, vh = product_svd(big_up, big_down)
     k = min(rank, big_up.shape[0], big_down.shape[1])
+    u, s, vh = product_svd(big_up, big_down, k)
     new_up, new_down = truncate_svd(u, s, vh, k)
     if clamp is not None:
         new_up, new_down = clamp_quantile(new_up, new_down, clamp)

@@ -101,3 +101,33 @@ def test_svd_merge_self_half_half_equals_input():
     down, up = torch.randn(4, 32, generator=gen), torch.randn(48, 4, generator=gen)
     m_down, m_up = svd_merge_factors([(down, up, 2.0, 0.5), (down, up, 2.0, 0.5)], 4, clamp=None)
     assert torch.allclose(m_up @ m_down, up @ down * 0.5, atol=1e-5)
+
+
+def test_product_svd_k_forms_only_leading_vectors():
+    gen = torch.Generator().manual_seed(6)
+    up, down = _factors(700, 300, 24, torch.float64, gen)
+    u, s, vh = product_svd(up, down)
+    uk, sk, vhk = product_svd(up, down, 5)
+    assert uk.shape == (700, 5) and vhk.shape == (5, 300) and torch.equal(sk, s) and s.shape == (24,)
+    assert torch.allclose(uk, u[:, :5], atol=1e-12) and torch.allclose(vhk, vh[:5], atol=1e-12)
+    assert product_svd(up, down, 99)[0].shape == (700, 24)  # capped at m
+
+
+@pytest.mark.parametrize("out,n,conv", [(5120, 640, False), (640, 2880, True), (320, 320, False)])
+def test_resize_factors_matches_dense_truncation(out, n, conv):
+    """Rank 128 -> 32 like the benchmark: same product as kohya's dense SVD, signs fixed on ``up``."""
+    gen = torch.Generator().manual_seed(out)
+    up, down = torch.randn(out, 128, generator=gen) * 0.05, torch.randn(128, n, generator=gen) / n ** 0.5
+    if conv:
+        up, down = up.reshape(out, 128, 1, 1), down.reshape(128, n // 9, 3, 3)
+    new_down, new_up, new_alpha, (s_full, k) = resize_factors(down, up, 64.0, 32)
+    assert k == 32 and new_alpha == 16.0 and s_full.shape == (min(out, n),) and (s_full[128:] == 0).all()
+    assert new_down.shape == (32, *down.shape[1:]) and new_up.shape == (out, 32, *up.shape[2:])
+    w = up.reshape(out, 128).double() @ down.reshape(128, n).double()
+    du, ds, dvh = torch.linalg.svd(w, full_matrices=False)
+    ref = (du[:, :32] * ds[:32]) @ dvh[:32]
+    got = new_up.reshape(out, 32).double() @ new_down.reshape(32, n).double()
+    assert (got - ref).norm() / ref.norm() < 1e-5
+    assert torch.allclose(s_full[:128].double(), ds[:128], rtol=1e-5, atol=1e-5 * float(ds[0]))
+    u2 = new_up.reshape(out, 32)
+    assert (u2[u2.abs().argmax(0), torch.arange(32)] > 0).all()
