@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from sd_train.families.base import Conds, ModelFamily, join_chunk_states, load_tokenizer
+from library.text_conditioning import device_of, join_chunk_states, load_tokenizer
+from sd_train.families.base import Conds, ModelFamily
 
 
 class SdFamily(ModelFamily):
@@ -36,7 +37,7 @@ class SdFamily(ModelFamily):
         """
         te, ids = text_encoders[0], tokens[0]
         batch = ids.shape[0]
-        flat = ids.reshape(-1, ids.shape[-1]).to(_device_of(te))
+        flat = ids.reshape(-1, ids.shape[-1]).to(device_of(te))
         if self.clip_skip is None or self.clip_skip <= 1:
             states = te(flat).last_hidden_state
         else:
@@ -58,10 +59,3 @@ class SdFamily(ModelFamily):
         if not self.v2:
             return "stable-diffusion-v1/lora"
         return "stable-diffusion-v2-768-v/lora" if v_param else "stable-diffusion-v2-512/lora"
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    """Device of a module's first parameter (CPU when it has none)."""
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")

@@ -8,8 +8,8 @@ from typing import Sequence
 
 import torch
 
-from sd_train.families.base import Conds, ModelFamily, join_chunk_states, load_tokenizer
-from sd_train.families.sd import _device_of
+from library.text_conditioning import encode_sdxl, load_tokenizer
+from sd_train.families.base import Conds, ModelFamily
 
 logger = logging.getLogger(__name__)
 SIZE_EMBED_PERIOD = 10000  # kohya-compat: max period of the sinusoidal size embedding
@@ -71,14 +71,7 @@ class SdxlFamily(ModelFamily):
         TE1 and TE2 give ``hidden_states[-2]`` without the final LayerNorm; pooled = TE2's
         ``text_embeds`` (projection at the first EOS) of the first chunk. ``--clip_skip`` is ignored.
         """
-        te1, te2 = text_encoders
-        ids1, ids2 = tokens
-        batch, n = ids1.shape[0], ids1.shape[1]
-        out1 = te1(ids1.reshape(-1, ids1.shape[-1]).to(_device_of(te1)), output_hidden_states=True)
-        out2 = te2(ids2.reshape(-1, ids2.shape[-1]).to(_device_of(te2)), output_hidden_states=True)
-        h1 = join_chunk_states(out1.hidden_states[-2], batch)
-        h2 = join_chunk_states(out2.hidden_states[-2], batch)
-        pooled = out2.text_embeds[::n]
+        h1, h2, pooled = encode_sdxl(text_encoders, tokens)
         return Conds(context=torch.cat([h1, h2.to(h1.dtype)], dim=2), pooled=pooled)
 
     def enable_gradient_checkpointing(self, unet: torch.nn.Module) -> None:
