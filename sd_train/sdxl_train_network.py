@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-
-
-def _main(argv: list[str]) -> int:
-    from sd_train.families.sdxl import SdxlFamily
-    from sd_train.trainer import run
-
-    return run(SdxlFamily, argv, "sdxl")
-
 
 def main(argv: list[str] | None = None) -> int:
-    """Train an SDXL network; ``UserError`` prints one line and exits non-zero.
+    """Train an SDXL network; a ``UserError`` prints one line and exits non-zero.
 
     Args:
-        argv: arguments without the program name (``None``: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status when called in-process with ``argv``; exits the process otherwise.
+        argv: arguments without the program name (``None``: ``sys.argv[1:]``, and the process exits).
     """
-    from library.errors import run_cli
+    from sd_train.entry import entry_point
 
-    code = run_cli(_main, argv)
-    if argv is None:
-        sys.exit(code)
-    return code
+    return entry_point("sdxl", argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""Shared body of the two training entry points: parse, train, one-line errors, exit status."""
+
+from __future__ import annotations
+
+import sys
+
+
+def entry_point(entry: str, argv: list[str] | None) -> int:
+    """Run ``train_network.py`` (``entry="sd"``) or ``sdxl_train_network.py`` (``"sdxl"``).
+
+    Args:
+        entry: ``"sd"`` or ``"sdxl"``.
+        argv: arguments without the program name (``None``: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status when called in-process with ``argv``; exits the process otherwise.
+    """
+    from library.errors import run_cli
+
+    def _main(args: list[str]) -> int:
+        from sd_train.trainer import run
+
+        if entry == "sdxl":
+            from sd_train.families.sdxl import SdxlFamily as family_cls
+        else:
+            from sd_train.families.sd import SdFamily as family_cls
+        return run(family_cls, args, entry)
+
+    code = run_cli(_main, argv)
+    if argv is None:
+        sys.exit(code)
+    return code
