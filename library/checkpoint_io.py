@@ -170,7 +170,7 @@ def collect_states(family: str, items: Iterator, configs: dict, dtype, device, w
         if r.kind == "param":
             states[r.component].update((k, _cast(v, dtype, device)) for k, v in r.pairs)
         elif r.kind == "extra":
-            extras[r.key] = value
+            extras[r.key] = value.clone()  # a view would keep the whole memory-mapped file alive
         elif r.kind == "unknown":
             unknown.append(key)
     return states, extras, unknown

@@ -6,6 +6,19 @@ import logging
 import sys
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time, so in-process runs (tests, notebooks) that
+    swap ``sys.stderr`` never log into a closed stream."""
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: str | None = None, log_file: str | None = None, simple: bool = False) -> None:
     """Configure the root logger once for a command-line run.
 
@@ -15,7 +28,7 @@ def setup_logging(level: str | None = None, log_file: str | None = None, simple:
         simple: plain ``message`` format without time and logger name.
     """
     fmt = "%(message)s" if simple else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

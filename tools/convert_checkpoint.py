@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from library.log import setup_logging
 from library.errors import UserError, run_cli
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def convert(args) -> Path:
 
 def _main(argv: list[str]) -> int:
     args = setup_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging(simple=True)
     out = convert(args)
     print(f"wrote {out}")
     return 0
