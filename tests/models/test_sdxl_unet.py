@@ -46,14 +46,6 @@ def _read_tsv(name: str) -> dict[str, tuple[int, ...]]:
     return rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops gain nothing from threads; on a shared 2-core CI box they oversubscribe (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def full_unet() -> SdxlUNet:

@@ -105,10 +105,3 @@ def kit():
     return types.SimpleNamespace(golden=golden, module_shapes=module_shapes, random_lora=random_lora,
                                  lora_for_checkpoint=lora_for_checkpoint, save=save, run=run)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
