@@ -1,4 +1,4 @@
-"""Fixtures for the network tests: one CPU thread (the CI box has 2 shared cores) and cached models."""
+"""Fixtures for the network tests: cached models and plugin helpers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: helpers and the fake plugin live here
 
 import netkit  # noqa: E402
-
 
 
 @functools.lru_cache(maxsize=None)
