@@ -20,7 +20,7 @@ import torch
 from library import checkpoint_convert as cc
 from library.checkpoint_convert import configs_from_json, configs_to_json, default_configs
 from library.errors import UserError
-from library.safetensors_io import atomic_path, read_header
+from library.safetensors_io import atomic_path, read_header, read_tensors
 
 logger = logging.getLogger(__name__)
 CONFIG_METADATA_KEY = cc.CONFIG_METADATA_KEY
@@ -136,8 +136,12 @@ def _iter_ckpt(path: Path) -> tuple[list[str], Iterator]:
     return list(sd), iter(sd.items())
 
 
-def open_tensors(path: str | os.PathLike) -> tuple[list[str], dict[str, str], Iterator]:
-    """``(keys, metadata, lazy (key, tensor) iterator)`` of a ``.safetensors`` or ``.ckpt``/``.pt`` file."""
+def open_tensors(path: str | os.PathLike, mmap: bool = True) -> tuple[list[str], dict[str, str], Iterator]:
+    """``(keys, metadata, lazy (key, tensor) iterator)`` of a ``.safetensors`` or ``.ckpt``/``.pt`` file.
+
+    With ``mmap=False`` (kohya's ``--disable_mmap_load_safetensors``) each tensor is read into its
+    own buffer, so no file pages stay mapped (and counted in RSS) while the model is converted.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: checkpoint file not found")
@@ -146,14 +150,14 @@ def open_tensors(path: str | os.PathLike) -> tuple[list[str], dict[str, str], It
         return keys, {}, it
     header, metadata = read_header(p)
 
-    def gen():
+    def mapped():
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt", device="cpu") as f:
             for k in header:
                 yield k, f.get_tensor(k)
 
-    return list(header), metadata, gen()
+    return list(header), metadata, mapped() if mmap else read_tensors(p)
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
@@ -200,7 +204,7 @@ def _finish(family: str, mods: dict, states: dict, unknown: list, where: str) ->
 
 
 def load_models(path: str | os.PathLike, *, expected_family: str | None = None, v2: bool = False,
-                dtype: torch.dtype = torch.float32, device="cpu", vae_path=None) -> LoadedModels:
+                dtype: torch.dtype = torch.float32, device="cpu", vae_path=None, mmap: bool = True) -> LoadedModels:
     """Load UNet, text encoders and VAE from a single file or a diffusers folder.
 
     Args:
@@ -211,6 +215,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         dtype: Floating-point dtype of every weight.
         device: Target device of every weight.
         vae_path: Optional separate VAE file (LDM or diffusers names, with or without ``first_stage_model.``).
+        mmap: Memory-map a ``.safetensors`` file (default) or read it tensor by tensor.
 
     Raises:
         UserError: missing/corrupt/unsafe file, wrong family, or weights that do not fit.
@@ -221,7 +226,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
 
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
     else:
-        keys, metadata, items = open_tensors(p)
+        keys, metadata, items = open_tensors(p, mmap=mmap)
         family = detect_family(keys)
         check_family(family, expected_family, v2, str(p))
         configs = (configs_from_json(metadata[CONFIG_METADATA_KEY], str(p)) if CONFIG_METADATA_KEY in metadata

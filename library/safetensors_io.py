@@ -70,6 +70,30 @@ def load_file(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str, t
         return {k: f.get_tensor(k) for k in f.keys()}, metadata
 
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def read_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` reading each tensor into its own buffer (no memory map).
+
+    Used for kohya's ``--disable_mmap_load_safetensors``: no file pages stay mapped (and counted in
+    RSS) while a model is converted. The file is checked for truncation first.
+    """
+    header, _ = read_header(path)
+    with open(path, "rb") as f:
+        base = 8 + struct.unpack("<Q", f.read(8))[0]
+        for name, info in header.items():
+            start, end = info["data_offsets"]
+            buf = bytearray(end - start)
+            f.seek(base + start)
+            f.readinto(buf)
+            dtype = _DTYPES[info["dtype"]]
+            tensor = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+            yield name, tensor.reshape(info["shape"])
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``final`` with the same suffix; rename it into place on success.

@@ -129,7 +129,8 @@ class Trainer:
     def _setup_models(self) -> None:
         """Load, freeze and cast the base models; cache latents / TE outputs (TRAINING.md §2.2)."""
         m, d, device = self.opts.model, self.opts.dataset, self.accelerator.device
-        self.models = self.family.load(m.pretrained_model_name_or_path, vae_path=m.vae)
+        self.models = self.family.load(m.pretrained_model_name_or_path, vae_path=m.vae,
+                                       mmap=not m.disable_mmap_load_safetensors)
         unet, vae = self.models.unet, self.models.vae
         for module in [unet, vae, *self.models.text_encoders]:
             module.requires_grad_(False).eval()

@@ -68,12 +68,12 @@ class ModelFamily(abc.ABC):
         return self.name
 
     def load(self, path: str, *, vae_path: str | None = None, dtype=torch.float32,
-             device="cpu"):
+             device="cpu", mmap: bool = True):
         """Load UNet, TEs and VAE with :func:`library.checkpoint_io.load_models` (strict, detected)."""
         from library.checkpoint_io import load_models
 
         return load_models(path, expected_family=self.expected_family, v2=self.v2, dtype=dtype,
-                           device=device, vae_path=vae_path)
+                           device=device, vae_path=vae_path, mmap=mmap)
 
     def tokenizers(self) -> list:
         """The tokenizers, one per text encoder (built once, offline)."""

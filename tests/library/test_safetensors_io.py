@@ -95,3 +95,17 @@ def test_written_files_get_the_normal_umask_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_read_tensors_equals_the_mapped_load(tmp_path):
+    from library.safetensors_io import load_file, read_tensors
+
+    path = tmp_path / "r.safetensors"
+    tensors = {"a": torch.randn(3, 4).half(), "b": torch.arange(5), "c": torch.randn(2).bfloat16(),
+               "e": torch.zeros(0)}
+    save_file(tensors, str(path))
+    read = dict(read_tensors(path))
+    mapped, _ = load_file(path)
+    assert read.keys() == mapped.keys()
+    for k in read:
+        assert read[k].dtype == mapped[k].dtype and torch.equal(read[k], mapped[k])

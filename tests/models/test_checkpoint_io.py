@@ -168,3 +168,13 @@ def test_old_sd1_text_encoder_without_text_model_level(tiny_sd15_ckpt, tmp_path)
     te = load_models(path).text_encoders[0]
     assert torch.equal(te.text_model.final_layer_norm.weight,
                        tensors["cond_stage_model.transformer.text_model.final_layer_norm.weight"])
+
+
+def test_load_without_mmap_gives_the_same_weights(tiny_sdxl_ckpt):
+    from library.checkpoint_io import load_models
+
+    a = load_models(tiny_sdxl_ckpt, expected_family="sdxl")
+    b = load_models(tiny_sdxl_ckpt, expected_family="sdxl", mmap=False)
+    for ma, mb in [(a.unet, b.unet), (a.vae, b.vae), *zip(a.text_encoders, b.text_encoders)]:
+        sa, sb = ma.state_dict(), mb.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

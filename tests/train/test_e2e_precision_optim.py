@@ -72,3 +72,9 @@ def test_output_config_writes_the_file_and_does_not_train(tmp_path):
     assert 'network_module = "networks.lora"' in text and "network_dim = 32" in text
     assert "output_config =" not in text and "config_file =" not in text and not (tmp_path / "never").exists()
     assert sdxl_main(["--output_config", "--config_file", str(out_toml)]) == 1  # never overwrites
+
+
+def test_disable_mmap_load_trains_the_same(assets, tmp_path):
+    mapped, _ = _run(assets, tmp_path / "a", "--learning_rate", "1e-3")
+    read, _ = _run(assets, tmp_path / "b", "--learning_rate", "1e-3", "--disable_mmap_load_safetensors")
+    assert all(torch.equal(mapped[k], read[k]) for k in mapped)
