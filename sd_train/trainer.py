@@ -26,7 +26,7 @@ from library.dataset.dataset import BucketBatchDataset
 from library.dataset.plan import build_plan
 from library.dataset.prepare import prepare
 from library.log import setup_logging
-from sd_train import checkpointing, metadata, optim, resume, sampling
+from sd_train import checkpointing, metadata, objective, optim, resume, sampling
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -286,29 +286,8 @@ class Trainer:
 
     def compute_loss(self, batch: dict, gen: torch.Generator, rng: random.Random,
                      timestep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean loss of one batch (TRAINING.md §5–6) with noise from ``gen`` / ``rng``; ``timestep`` fixes
-        every sample's timestep (validation). Returns ``(loss (), timesteps (B,))``."""
-        device = self.accelerator.device
-        latents = batch.get("latents")
-        if latents is None:
-            latents = self.family.latent_encoder(self.models.vae, device, gen)(batch["images"])
-        latents = latents.to(device, torch.float32) * self.family.latent_scale
-        if batch.get("text_encoder_outputs") is not None:
-            conds = self.family.cached_conds(batch["text_encoder_outputs"])
-        else:
-            with torch.set_grad_enabled(self.train_te and torch.is_grad_enabled()):
-                conds = self.family.encode(self.models.text_encoders, self.family.tokenize(batch["captions"]))
-        fixed = None if timestep is None else torch.full((latents.shape[0],), timestep, dtype=torch.long)
-        eps, x_t, t = noise_lib.noisy_latents(self.schedule, latents, self.noise_opts, gen, rng, timesteps=fixed)
-        with self.accelerator.autocast():
-            pred = self.family.predict(self.models.unet, x_t.to(self.weight_dtype), t,
-                                       conds.to(device, self.weight_dtype), batch)
-        target = noise_lib.v_target(self.schedule, latents, eps, t) if self.loss_opts.v_parameterization else eps
-        cond = batch.get("conditioning_images")
-        mask = batch.get("alpha_masks") if cond is None else loss_lib.conditioning_mask(cond)
-        loss = loss_lib.per_sample_loss(pred, target, t, self.schedule.alphas_cumprod, self.schedule.snr,
-                                        self.loss_opts, mask=mask, loss_weights=batch.get("loss_weights")).mean()
-        return loss, t
+        """Mean loss of one batch and its timesteps (see :func:`sd_train.objective.batch_loss`)."""
+        return objective.batch_loss(self, batch, gen, rng, timestep)
 
     def _optimizer_step(self, window: list[torch.Tensor], batch: dict) -> None:
         """Clip, check finiteness (one host sync per optimizer step), then step or skip (TRAINING.md §12)."""
