@@ -58,17 +58,7 @@ def _table() -> tuple[Unsupported, ...]:
                     "--cpu_offload_checkpointing is ignored: kohya implements it only for DiT models"),
         Unsupported("mem_eff_attn", INFO, "--mem_eff_attn: using PyTorch SDPA attention"),
     ]
-    rows += _not_yet_implemented()
     return tuple(rows)
-
-
-def _not_yet_implemented() -> list[Unsupported]:
-    """sd-train: kohya features this version does not implement yet; refused or flagged, never silent."""
-    todo = "is not implemented in this version of sd-train"
-    rows = [Unsupported("weighted_captions", REJECT, f"--weighted_captions {todo}; remove it")]
-    fp8 = "fp8 base weights are not implemented in this version of sd-train; the base stays in the compute dtype"
-    rows += [Unsupported(f, IGNORE, f"--{f}: {fp8}") for f in ("fp8_base", "fp8_base_unet")]
-    return rows
 
 
 def unsupported_table() -> tuple[Unsupported, ...]:

@@ -93,12 +93,18 @@ def make_scheduler(name: str | None, v_parameterization: bool):
     return cls(**kwargs)
 
 
+def sampler_for(p: SamplePrompt, option: str | None, family) -> str:
+    """Sampler name: the prompt's ``--ss``, else ``--sample_sampler``, else the family default
+    (``euler_a`` for SDXL, ``ddim`` for SD1/SD2)."""
+    return p.sample_sampler or option or family.default_sampler
+
+
 @torch.no_grad()
 def generate(family, models, p: SamplePrompt, sampler: str | None = None, device="cpu"):
     """Render one image for ``p`` with the family's text path; returns a PIL image."""
     from PIL import Image
 
-    sched = make_scheduler(p.sample_sampler or sampler, family.v_parameterization)
+    sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization)
     sched.set_timesteps(p.sample_steps, device=device)
     gen = torch.Generator().manual_seed(p.seed if p.seed is not None else int(time.time()))
     conds = family.encode(models.text_encoders, family.tokenize([p.negative_prompt, p.prompt]))

@@ -46,6 +46,7 @@ class ModelFamily(abc.ABC):
     name: str = ""
     latent_scale: float = 1.0
     bucket_step_multiple: int = 64
+    default_sampler: str = "ddim"
 
     def __init__(self, v2: bool = False, v_parameterization: bool = False,
                  max_token_length: int | None = None, clip_skip: int | None = None,

@@ -54,6 +54,7 @@ class SdxlFamily(ModelFamily):
 
     name = "sdxl"
     latent_scale = 0.13025  # kohya-compat: SDXL VAE scale factor
+    default_sampler = "euler_a"  # sd-train: kohya samples with ddim unless --sample_sampler is given
     bucket_step_multiple = 32
 
     def __init__(self, *args, **kwargs):

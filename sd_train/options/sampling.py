@@ -21,4 +21,5 @@ class SamplingOptions:
     sample_every_n_epochs: int | None = opt(
         None, "Sample every N epochs (then --sample_every_n_steps is ignored)", type=int)
     sample_at_first: bool = flag("Sample once before the first step")
-    sample_sampler: str = opt("ddim", "Sampler of the sample images", choices=SAMPLERS)
+    sample_sampler: str | None = opt(None, "Sampler of the sample images (default: euler_a for SDXL, ddim for SD1/SD2)",
+                                     choices=SAMPLERS)

@@ -216,9 +216,9 @@ def test_help_renders_every_option(entry):
     assert "--lr_warmup_steps" in text and "'N%'" in text
 
 
-def test_unimplemented_features_are_refused_not_ignored():
-    with pytest.raises(UserError, match="is not implemented in this version of sd-train"):
-        parse_options(["--pretrained_model_name_or_path", "m.safetensors", "--weighted_captions"], "sdxl")
+def test_unsupported_features_are_refused_not_ignored():
+    with pytest.raises(UserError, match="^--dataset_class is not supported by sd-train; use --dataset_config"):
+        parse_options(["--pretrained_model_name_or_path", "m.safetensors", "--dataset_class", "x.Y"], "sdxl")
 
 
 @pytest.mark.parametrize("flag", ["--initial_step=3", "--initial_epoch=2", "--skip_until_initial_step",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sd_train.sampling import SamplePrompt, load_prompts, make_scheduler, parse_prompt_line
+from sd_train.families.sd import SdFamily
+from sd_train.families.sdxl import SdxlFamily
+from sd_train.sampling import SamplePrompt, load_prompts, make_scheduler, parse_prompt_line, sampler_for
 
 
 def test_txt_line_codes_and_clamps():
@@ -31,3 +33,13 @@ def test_scheduler_names_and_prediction_type():
     v = make_scheduler("dpmsolver++", True)
     assert v.config.prediction_type == "v_prediction" and v.config.algorithm_type == "dpmsolver++"
     assert make_scheduler(None, False).config.beta_schedule == "scaled_linear"
+
+
+def test_sampler_defaults_to_euler_a_for_sdxl_and_ddim_for_sd():
+    plain, own = SamplePrompt(prompt="a"), SamplePrompt(prompt="a", sample_sampler="heun")
+    assert sampler_for(plain, None, SdxlFamily()) == "euler_a"
+    assert sampler_for(plain, None, SdFamily()) == "ddim"
+    assert sampler_for(plain, "dpmsolver++", SdxlFamily()) == "dpmsolver++"
+    assert sampler_for(own, "dpmsolver++", SdFamily()) == "heun"
+    assert type(make_scheduler(sampler_for(plain, None, SdxlFamily()), False)).__name__ == \
+        "EulerAncestralDiscreteScheduler"
