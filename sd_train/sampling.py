@@ -129,9 +129,10 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
 def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
     """Render every prompt of ``--sample_prompts`` to ``{output_dir}/sample/`` (names: CLI.md §8)."""
     from sd_train.checkpointing import sample_image_name
+    from sd_train.tracking import log_samples
 
     s, sp = trainer.opts.saving, trainer.opts.sampling
-    stamp, written = time.strftime("%Y%m%d%H%M%S"), []
+    stamp, written, shown = time.strftime("%Y%m%d%H%M%S"), [], []
     trainer.network.eval()
     try:
         for index, prompt in enumerate(load_prompts(sp.sample_prompts)):
@@ -141,6 +142,8 @@ def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path)
             written.append(path)
+            shown.append((index, image, prompt.prompt))
+        log_samples(trainer.accelerator, shown, step, epoch)  # W&B only (TRAINING.md §13)
     finally:
         trainer.network.train()
     return written

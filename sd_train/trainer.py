@@ -26,7 +26,7 @@ from library.dataset.dataset import BucketBatchDataset
 from library.dataset.plan import build_plan
 from library.dataset.prepare import prepare
 from library.log import setup_logging
-from sd_train import checkpointing, metadata, objective, optim, resume, sampling
+from sd_train import checkpointing, metadata, objective, optim, resume, sampling, tracking
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -122,7 +122,7 @@ class Trainer:
         stamp = (log.log_prefix or "") + time.strftime("%Y%m%d%H%M%S")  # kohya-compat: run folder name
         log_dir = log.logging_dir and os.path.join(log.logging_dir, stamp)
         self.accelerator = Accelerator(mixed_precision=mp or "no", project_dir=log_dir, cpu=_gloo_on_cpu(),
-                                       log_with=log.log_with or ("tensorboard" if log.logging_dir else None))
+                                       log_with=tracking.build_trackers(log, log_dir, lambda: self.progress))
         self.weight_dtype = DTYPES.get(mp, torch.float32)
         self.save_dtype = DTYPES.get(self.opts.saving.save_precision)
 
@@ -225,8 +225,7 @@ class Trainer:
         p, s, acc = self.progress, self.opts.saving, self.accelerator
         accum = self.opts.training.gradient_accumulation_steps
         tes = self.family.plugin_text_encoders(self.models)
-        if self.opts.logging.logging_dir or self.opts.logging.log_with:
-            acc.init_trackers(self.opts.logging.log_tracker_name or "network_train")
+        tracking.init_trackers(acc, self.opts)
         sampling.maybe_sample(self, None)  # --sample_at_first (only at step 0)
         with tqdm(total=self.max_train_steps, initial=p.global_step, desc="steps",
                   disable=not acc.is_local_main_process) as bar:
