@@ -1,8 +1,10 @@
 """NaN guard (TRAINING.md §12): finiteness checks, skip accounting and batch reports.
 
 A non-finite loss or gradient norm skips the optimizer step of that accumulation window;
-``global_step`` still advances. After ``max_consecutive`` skips in a row, or when the network
-parameters themselves are non-finite, training stops with :class:`NonFiniteTrainingError`.
+``global_step`` still advances. Under fp16 mixed precision a non-finite gradient norm with a finite loss
+is the GradScaler's overflow: the scaler skips that step and lowers its scale, and it is not counted
+here. After ``max_consecutive`` skips in a row, or when the network parameters themselves are
+non-finite, training stops with :class:`NonFiniteTrainingError`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def is_finite(value: torch.Tensor | float) -> bool:
     if not isinstance(value, torch.Tensor):
         value = torch.tensor(float(value))
     return bool(torch.isfinite(value).all())
+
+
+def finite_flags(loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[bool, bool]:
+    """``(loss finite, gradient norm finite)`` for one optimizer step, read with one host sync.
+
+    Kept apart because fp16's GradScaler owns a non-finite gradient norm with a finite loss (its overflow).
+    """
+    flags = torch.stack([torch.isfinite(loss).all(), torch.isfinite(grad_norm.to(loss.device)).all()])
+    loss_ok, norm_ok = flags.tolist()
+    return bool(loss_ok), bool(norm_ok)
 
 
 def params_finite(params: Iterable[torch.Tensor]) -> bool:

@@ -9,6 +9,7 @@ import torch
 
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
+from sd_train import preservation
 
 
 def batch_latents(trainer, batch: dict, gen: torch.Generator) -> torch.Tensor:
@@ -26,7 +27,7 @@ def batch_conds(trainer, batch: dict):
     if batch.get("text_encoder_outputs") is not None:
         return trainer.family.cached_conds(batch["text_encoder_outputs"])
     with torch.set_grad_enabled(trainer.train_te and torch.is_grad_enabled()):
-        return trainer.family.encode(trainer.models.text_encoders, trainer.family.tokenize(batch["captions"]))
+        return trainer.family.encode_captions(trainer.models.text_encoders, batch["captions"])
 
 
 def batch_loss(trainer, batch: dict, gen: torch.Generator, rng: random.Random,
@@ -34,13 +35,16 @@ def batch_loss(trainer, batch: dict, gen: torch.Generator, rng: random.Random,
     """Mean loss of one batch with noise from ``gen`` / ``rng``; ``timestep`` fixes every sample's timestep
     (validation). Returns ``(loss (), timesteps (B,))``."""
     latents = batch_latents(trainer, batch, gen)
-    conds = batch_conds(trainer, batch).to(trainer.accelerator.device, trainer.weight_dtype)
+    with trainer.accelerator.autocast():  # kohya-compat: fp16/bf16 TEs (CUDA) run their fp32 LoRA under autocast
+        conds = batch_conds(trainer, batch)
+    conds = conds.to(trainer.accelerator.device, trainer.weight_dtype)
     fixed = None if timestep is None else torch.full((latents.shape[0],), timestep, dtype=torch.long)
     schedule = trainer.schedule
     eps, x_t, t = noise_lib.noisy_latents(schedule, latents, trainer.noise_opts, gen, rng, timesteps=fixed)
     with trainer.accelerator.autocast():
         pred = trainer.family.predict(trainer.models.unet, x_t.to(trainer.weight_dtype), t, conds, batch)
     target = noise_lib.v_target(schedule, latents, eps, t) if trainer.loss_opts.v_parameterization else eps
+    target = preservation.preserve_outputs(trainer, batch, x_t, t, conds, target)  # DOP rows: prior prediction
     cond = batch.get("conditioning_images")
     mask = batch.get("alpha_masks") if cond is None else loss_lib.conditioning_mask(cond)
     loss = loss_lib.per_sample_loss(pred, target, t, schedule.alphas_cumprod, schedule.snr, trainer.loss_opts,

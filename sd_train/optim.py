@@ -150,6 +150,25 @@ def build_optimizer(param_groups: list, optimizer_type: str, learning_rate: floa
     return optimizer, description
 
 
+def allow_fp16_unscale(scaler) -> None:
+    """``--full_fp16``: let accelerate's ``GradScaler`` unscale fp16 gradients, which torch refuses by default.
+
+    kohya-compat: kohya patches the scaler the same way (``patch_accelerator_for_fp16_training``). No-op
+    without a scaler (bf16, fp32, CPU).
+
+    Args:
+        scaler: ``accelerator.scaler`` (a ``torch.amp.GradScaler``) or ``None``.
+    """
+    if scaler is None:
+        return
+    unscale = scaler._unscale_grads_
+
+    def unscale_allowing_fp16(optimizer, inv_scale, found_inf, allow_fp16):
+        return unscale(optimizer, inv_scale, found_inf, True)
+
+    scaler._unscale_grads_ = unscale_allowing_fp16
+
+
 def resolve_lr_scheduler(optimizer_type: str, optimizer_args: list[str] | None, lr_scheduler: str,
                          learning_rate: float) -> str:
     """kohya's scheduler override: Adafactor with relative_step uses ``adafactor:<lr>``."""

@@ -104,14 +104,16 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
     """Render one image for ``p`` with the family's text path; returns a PIL image."""
     from PIL import Image
 
+    from library.fp8 import compute_dtype
+
     sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization)
     sched.set_timesteps(p.sample_steps, device=device)
     gen = torch.Generator().manual_seed(p.seed if p.seed is not None else int(time.time()))
-    conds = family.encode(models.text_encoders, family.tokenize([p.negative_prompt, p.prompt]))
+    conds = family.encode_captions(models.text_encoders, [p.negative_prompt, p.prompt])
     shape = (1, 4, p.height // 8, p.width // 8)
     latents = (torch.randn(shape, generator=gen) * sched.init_noise_sigma).to(device)
     unet = models.unet
-    dtype = next(unet.parameters()).dtype
+    dtype = compute_dtype(unet)  # not next(parameters()).dtype: fp8 under --fp8_base
     size_batch = {"original_sizes_hw": [[p.height, p.width]] * 2, "crop_top_lefts": [[0, 0]] * 2,
                   "target_sizes_hw": [[p.height, p.width]] * 2}
     for t in sched.timesteps:
@@ -121,22 +123,27 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
         uncond, cond = pred.chunk(2)
         latents = sched.step(uncond + p.scale * (cond - uncond), t, latents, generator=gen).prev_sample
     vae = models.vae
-    image = vae.decode((latents / family.latent_scale).to(next(vae.parameters()).dtype)).sample
+    with torch.autocast(torch.device(device).type, enabled=False):  # the VAE keeps its dtype (--no_half_vae)
+        image = vae.decode((latents / family.latent_scale).to(next(vae.parameters()).dtype)).sample
     array = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
 
 
 def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
     """Render every prompt of ``--sample_prompts`` to ``{output_dir}/sample/`` (names: CLI.md §8)."""
+    from library.text_conditioning import device_of
     from sd_train.checkpointing import sample_image_name
     from sd_train.tracking import log_samples
 
     s, sp = trainer.opts.saving, trainer.opts.sampling
     stamp, written, shown = time.strftime("%Y%m%d%H%M%S"), [], []
+    vae, parked = trainer.models.vae, device_of(trainer.models.vae)
+    vae.to(trainer.accelerator.device)  # kohya-compat: the VAE waits on the CPU after latent caching
     trainer.network.eval()
     try:
         for index, prompt in enumerate(load_prompts(sp.sample_prompts)):
-            image = generate(trainer.family, trainer.models, prompt, sp.sample_sampler, trainer.accelerator.device)
+            with trainer.accelerator.autocast():  # kohya-compat: fp16/bf16 base weights beside the fp32 network
+                image = generate(trainer.family, trainer.models, prompt, sp.sample_sampler, trainer.accelerator.device)
             path = Path(s.output_dir) / sample_image_name(s.output_name, index=index, timestamp=stamp, epoch=epoch,
                                                           step=step, seed=prompt.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +153,7 @@ def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
         log_samples(trainer.accelerator, shown, step, epoch)  # W&B only (TRAINING.md §13)
     finally:
         trainer.network.train()
+        vae.to(parked)
     return written
 
 

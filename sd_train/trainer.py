@@ -25,14 +25,16 @@ from library.dataset.config import CliDefaults
 from library.dataset.dataset import BucketBatchDataset
 from library.dataset.plan import build_plan
 from library.dataset.prepare import prepare
+from library.fp8 import apply_fp8_base
+from library.errors import UserError
 from library.log import setup_logging
-from sd_train import checkpointing, metadata, objective, optim, resume, sampling, tracking
+from sd_train import checkpointing, metadata, objective, optim, preservation, resume, sampling, tracking
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
 from sd_train.families.base import family_kwargs
 from sd_train.distributed import average_gradients
-from sd_train.guard import NanGuard, batch_report, is_finite
+from sd_train.guard import NanGuard, batch_report, finite_flags
 from sd_train.network_host import NetworkHost, parse_network_args
 from sd_train.resume import Progress
 from sd_train.steps import compute_steps
@@ -123,13 +125,17 @@ class Trainer:
         log_dir = log.logging_dir and os.path.join(log.logging_dir, stamp)
         self.accelerator = Accelerator(mixed_precision=mp or "no", project_dir=log_dir, cpu=_gloo_on_cpu(),
                                        log_with=tracking.build_trackers(log, log_dir, lambda: self.progress))
+        if mp == "fp16" and self.accelerator.device.type == "cpu":
+            raise UserError("--mixed_precision fp16 needs a CUDA GPU (there is no fp16 autocast on the CPU); "
+                            "use --mixed_precision bf16 or no")
         self.weight_dtype = DTYPES.get(mp, torch.float32)
         self.save_dtype = DTYPES.get(self.opts.saving.save_precision)
 
     def _setup_models(self) -> None:
         """Load, freeze and cast the base models; cache latents / TE outputs (TRAINING.md §2.2)."""
         m, d, device = self.opts.model, self.opts.dataset, self.accelerator.device
-        self.models = self.family.load(m.pretrained_model_name_or_path, vae_path=m.vae,
+        load_device = device if m.lowram else "cpu"  # kohya-compat: --lowram loads straight to the GPU
+        self.models = self.family.load(m.pretrained_model_name_or_path, vae_path=m.vae, device=load_device,
                                        mmap=not m.disable_mmap_load_safetensors)
         unet, vae = self.models.unet, self.models.vae
         for module in [unet, vae, *self.models.text_encoders]:
@@ -137,6 +143,8 @@ class Trainer:
         unet.to(device, self.weight_dtype)
         if m.gradient_checkpointing:
             self.family.enable_gradient_checkpointing(unet)
+        if m.xformers:
+            self.family.use_xformers(unet)
         for te in self.models.text_encoders:
             te.to(device, self.weight_dtype if device.type != "cpu" else torch.float32)
         vae.to(device, torch.float32 if m.no_half_vae else self.weight_dtype)
@@ -149,7 +157,8 @@ class Trainer:
             if d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk:
                 latent_cache.cache_text_encoder_outputs(
                     ds, partial(self.family.cache_outputs, self.models.text_encoders),
-                    batch_size=d.vae_batch_size or 1, to_disk=d.cache_text_encoder_outputs_to_disk, progress=show)
+                    batch_size=d.vae_batch_size or 1, to_disk=d.cache_text_encoder_outputs_to_disk, progress=show,
+                    variant="weighted" if self.family.weighted_captions else "")
         if d.cache_latents or d.cache_latents_to_disk:
             vae.to("cpu")
 
@@ -161,8 +170,11 @@ class Trainer:
             device = self.accelerator.device if self.opts.model.lowram else "cpu"
             NetworkHost.load(n.network_module or "networks.lora").merge_base_weights(
                 n.base_weights, n.base_weights_multiplier, te, unet, self.weight_dtype, device)
+        apply_fp8_base(unet, self.models.text_encoders, fp8_base=self.opts.model.fp8_base,  # after the merge, after
+                       fp8_base_unet=self.opts.model.fp8_base_unet)  # caching (kohya); TRAINING.md §2.2
         self.train_te = not n.network_train_unet_only and not self.opts.dataset.cache_text_encoder_outputs
         self.host = NetworkHost.create(self.opts, self.models.vae, te, unet)
+        preservation.check_support(self.host, [*self.prepared.train, *self.prepared.validation])
         self.host.apply_to(te, unet, self.train_te, not n.network_train_text_encoder_only)
         if n.network_weights:
             self.host.load_weights(n.network_weights)
@@ -204,6 +216,8 @@ class Trainer:
         self.host.prepare_grad_etc(self.family.plugin_text_encoders(self.models), self.models.unet)
         self.network, self.optimizer, self.lr_scheduler = acc.prepare(self.host.network, self.optimizer,
                                                                       self.lr_scheduler)
+        if self.opts.model.full_fp16:
+            optim.allow_fp16_unscale(acc.scaler)
 
     def _build_metadata(self) -> dict[str, str]:
         """The ``ss_*`` / ``modelspec.*`` dict of this run (FORMAT.md §4–5)."""
@@ -294,11 +308,16 @@ class Trainer:
         params = self.host.get_trainable_params()
         average_gradients(params, self.accelerator)
         norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        if is_finite(torch.stack(window).sum() + norm.to(window[0].device)):
+        loss_ok, norm_ok = finite_flags(torch.stack(window).sum(), norm)
+        scaler = self.accelerator.scaler  # fp16: GradScaler skips its own overflow steps and lowers its scale
+        if loss_ok and (norm_ok or scaler is not None):
             self.optimizer.step()
-            self.lr_scheduler.step()
-            self.guard.record_ok()
+            self.lr_scheduler.step()  # accelerate does not step it after a skipped GradScaler step
+            if norm_ok:
+                self.guard.record_ok()
         else:
+            if scaler is not None:
+                scaler.update()  # clip_grad_norm_ unscaled: reset GradScaler's step state, lower the scale
             report = batch_report(batch, self._last_timesteps)
             self.accelerator.print(f"skipped non-finite step {step}: {report}")
             self.guard.record_skip(step, "loss or gradient norm", report)
@@ -346,6 +365,8 @@ class Trainer:
     def cleanup(self) -> None:
         """End accelerate's trackers; in a single process, forget accelerate's global state so that
         ``main()`` can run again in-process with other precision settings (tests, notebooks)."""
+        if not hasattr(self, "accelerator"):  # stopped before accelerate started (bad input, --debug_dataset)
+            return
         self.accelerator.end_training()
         if self.accelerator.num_processes == 1:
             AcceleratorState._reset_state(reset_partial_state=True)
@@ -365,10 +386,9 @@ def run(family_cls, argv: list[str] | None, entry: str) -> int:
         write_output_config(options, options.training.config_file, build_parser(entry))
         return 0
     trainer = Trainer(options, family_cls(**family_kwargs(options)))
-    if not trainer.setup():
-        return 0
     try:
-        trainer.train()
+        if trainer.setup():
+            trainer.train()
     finally:
         trainer.cleanup()
     return 0

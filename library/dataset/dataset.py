@@ -162,6 +162,8 @@ class BucketBatchDataset(torch.utils.data.Dataset):
                                                dtype=torch.long),
                "image_paths": [it["rec"].path for it in items],
                "network_multipliers": torch.full((len(items),), ds.spec.network_multiplier),
+               "custom_attributes": [dict(ds.subsets[it["rec"].subset].spec.custom_attributes)
+                                     for it in items],
                "text_encoder_outputs": None}
         if items[0]["image"] is not None:
             out["images"] = torch.stack([it["image"] for it in items])

@@ -230,11 +230,13 @@ def _check_frozen_captions(dataset) -> None:
                                 "cache text-encoder outputs")
 
 
-def _caption_key(caption: str) -> np.ndarray:
-    return np.array(hashlib.sha1(caption.encode("utf-8")).hexdigest()[:16])
+def _caption_key(caption: str, variant: str = "") -> np.ndarray:
+    """Cache key of a caption; a non-empty ``variant`` (e.g. ``"weighted"``) gives a different key."""
+    text = caption if not variant else f"{caption}\x00{variant}"
+    return np.array(hashlib.sha1(text.encode("utf-8")).hexdigest()[:16])
 
 
-def _load_te(path: str, caption: str):
+def _load_te(path: str, caption: str, variant: str = ""):
     try:
         data = _read_npz(path)
     except (OSError, ValueError):
@@ -243,13 +245,13 @@ def _load_te(path: str, caption: str):
     if any(k not in data for k in keys):
         return None
     stored = data.get("sd_train_caption_sha1")
-    if stored is not None and str(stored) != str(_caption_key(caption)):
+    if stored is not None and str(stored) != str(_caption_key(caption, variant)):
         return None
     return tuple(torch.from_numpy(np.asarray(data[k], dtype=np.float32)) for k in keys)
 
 
 def cache_text_encoder_outputs(dataset, encode_fn, *, batch_size: int, to_disk: bool,
-                               progress: bool = True) -> int:
+                               progress: bool = True, variant: str = "") -> int:
     """Encode every raw caption once (SDXL); batches then carry ``text_encoder_outputs``.
 
     Args:
@@ -259,6 +261,8 @@ def cache_text_encoder_outputs(dataset, encode_fn, *, batch_size: int, to_disk: 
         batch_size: captions per call.
         to_disk: write/reuse ``{stem}_te_outputs.npz`` (keys hidden_state1, hidden_state2, pool2).
         progress: show a tqdm bar.
+        variant: how the captions were encoded beyond their text (``"weighted"`` under
+            ``--weighted_captions``); part of the disk cache key, so a cache written in another mode is redone.
 
     Returns:
         The number of captions encoded.
@@ -270,7 +274,7 @@ def cache_text_encoder_outputs(dataset, encode_fn, *, batch_size: int, to_disk: 
     todo = []
     for ds in dataset.datasets:
         for rec in ds.records:
-            cached = _load_te(te_npz_path(rec.path), rec.caption) if to_disk else None
+            cached = _load_te(te_npz_path(rec.path), rec.caption, variant) if to_disk else None
             if cached is not None and os.path.exists(te_npz_path(rec.path)):
                 rec.te_outputs = cached
             else:
@@ -285,7 +289,7 @@ def cache_text_encoder_outputs(dataset, encode_fn, *, batch_size: int, to_disk: 
             if to_disk:
                 write_npz(te_npz_path(rec.path), {
                     "hidden_state1": outs[0][j].numpy(), "hidden_state2": outs[1][j].numpy(),
-                    "pool2": outs[2][j].numpy(), "sd_train_caption_sha1": _caption_key(rec.caption)})
+                    "pool2": outs[2][j].numpy(), "sd_train_caption_sha1": _caption_key(rec.caption, variant)})
         bar.update(len(recs))
     bar.close()
     dataset.te_cached = True

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
+from library.errors import UserError
+from library.prompt_weights import apply_token_weights, tokenize_chunks_weighted
 from library.text_conditioning import CHUNK, chunk_token_ids
 
 
@@ -41,6 +43,7 @@ class ModelFamily(abc.ABC):
         v2: SD2 model (``--v2``). v_parameterization: v-prediction (``--v_parameterization``).
         max_token_length: ``--max_token_length`` (None, 150 or 225).
         clip_skip: ``--clip_skip`` (SD only). tokenizer_cache_dir: ``--tokenizer_cache_dir``.
+        weighted_captions: ``--weighted_captions`` (A1111 attention weights, TRAINING.md §3.1).
     """
 
     name: str = ""
@@ -50,12 +53,13 @@ class ModelFamily(abc.ABC):
 
     def __init__(self, v2: bool = False, v_parameterization: bool = False,
                  max_token_length: int | None = None, clip_skip: int | None = None,
-                 tokenizer_cache_dir: str | None = None):
+                 tokenizer_cache_dir: str | None = None, weighted_captions: bool = False):
         self.v2 = v2
         self.v_parameterization = v_parameterization
         self.max_token_length = max_token_length
         self.clip_skip = clip_skip
         self.tokenizer_cache_dir = tokenizer_cache_dir
+        self.weighted_captions = weighted_captions
         self._tokenizers: list | None = None
 
     @property
@@ -90,6 +94,23 @@ class ModelFamily(abc.ABC):
             out.append(chunk_token_ids(ids, tok.eos_token_id, tok.pad_token_id))
         return out
 
+    def tokenize_with_weights(self, captions: Sequence[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A1111-weighted tokenization: per text encoder, ids (B, n, 77) and float32 weights (B, n, 77)."""
+        pairs = [tokenize_chunks_weighted(tok, list(captions), self.max_length) for tok in self.tokenizers()]
+        return [ids for ids, _ in pairs], [w for _, w in pairs]
+
+    def encode_captions(self, text_encoders: Sequence[torch.nn.Module], captions: Sequence[str]) -> Conds:
+        """Captions -> :class:`Conds`, with the token weights applied under ``--weighted_captions``."""
+        if not self.weighted_captions:
+            return self.encode(text_encoders, self.tokenize(captions))
+        return self.encode_weighted(text_encoders, *self.tokenize_with_weights(captions))
+
+    def encode_weighted(self, text_encoders: Sequence[torch.nn.Module], tokens: list[torch.Tensor],
+                        weights: list[torch.Tensor]) -> Conds:
+        """Encode, then multiply the context (B, L, D) by the re-joined token weights (one text encoder)."""
+        conds = self.encode(text_encoders, tokens)
+        return Conds(apply_token_weights(conds.context, weights[0]), conds.pooled)
+
     def model_info(self, path: str) -> dict:
         """``model_info`` for :mod:`sd_train.metadata`: family, v-param, file name and A1111 hashes."""
         import os
@@ -105,6 +126,18 @@ class ModelFamily(abc.ABC):
     def enable_gradient_checkpointing(self, unet: torch.nn.Module) -> None:
         """Turn on activation checkpointing in the UNet (diffusers API; SDXL overrides)."""
         unet.enable_gradient_checkpointing()
+
+    def use_xformers(self, unet: torch.nn.Module) -> None:
+        """``--xformers``: xformers memory-efficient attention in the UNet (PyTorch SDPA otherwise).
+
+        Raises:
+            UserError: xformers cannot be imported, or diffusers refuses it (no CUDA device).
+        """
+        require_xformers()
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+        except (ImportError, ValueError) as exc:
+            raise UserError(f"--xformers: {str(exc).splitlines()[0]}; use --sdpa") from None
 
     def latent_encoder(self, vae: torch.nn.Module, device, generator: torch.Generator):
         """``images (B, 3, H, W) in [−1, 1] -> unscaled latents (B, 4, H/8, W/8)`` float32 on the CPU.
@@ -145,9 +178,21 @@ class ModelFamily(abc.ABC):
         """``modelspec.architecture`` value (FORMAT.md §5)."""
 
 
+def require_xformers() -> None:
+    """Import ``xformers.ops`` or raise a one-line :class:`UserError` (``--xformers``)."""
+    import importlib
+
+    try:
+        importlib.import_module("xformers.ops")
+    except ImportError as exc:
+        raise UserError(f"--xformers: the 'xformers' package is not installed or broken ({exc}); "
+                        "pip install xformers, or use --sdpa") from None
+
+
 def family_kwargs(options) -> dict:
     """Family constructor arguments from :class:`sd_train.options.TrainOptions`."""
     m = options.model
     return {"v2": m.v2, "v_parameterization": m.v_parameterization,
             "max_token_length": m.max_token_length, "clip_skip": m.clip_skip,
-            "tokenizer_cache_dir": m.tokenizer_cache_dir}
+            "tokenizer_cache_dir": m.tokenizer_cache_dir,
+            "weighted_captions": options.dataset.weighted_captions}

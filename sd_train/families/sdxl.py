@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from library.prompt_weights import apply_token_weights
 from library.text_conditioning import encode_sdxl, load_tokenizer
 from sd_train.families.base import Conds, ModelFamily
 
@@ -75,13 +76,27 @@ class SdxlFamily(ModelFamily):
         h1, h2, pooled = encode_sdxl(text_encoders, tokens)
         return Conds(context=torch.cat([h1, h2.to(h1.dtype)], dim=2), pooled=pooled)
 
+    def encode_weighted(self, text_encoders, tokens: list[torch.Tensor], weights: list[torch.Tensor]) -> Conds:
+        """Like :meth:`encode`, with TE1 and TE2 states each multiplied by their (B, n, 77) token weights.
+
+        The pooled output is not weighted (kohya-compat).
+        """
+        h1, h2, pooled = encode_sdxl(text_encoders, tokens)
+        h1, h2 = apply_token_weights(h1, weights[0]), apply_token_weights(h2, weights[1])
+        return Conds(context=torch.cat([h1, h2.to(h1.dtype)], dim=2), pooled=pooled)
+
     def enable_gradient_checkpointing(self, unet: torch.nn.Module) -> None:
-        """Turn on activation checkpointing in the SGM-named SDXL UNet."""
+        """Turn on activation checkpointing in the SGM-named SDXL UNet (it checkpoints in train mode only)."""
         unet.set_gradient_checkpointing(True)
+        unet.train()  # kohya-compat: kohya's unet.train() for checkpointing; the frozen UNet's dropout is 0
+
+    def use_xformers(self, unet: torch.nn.Module) -> None:
+        """``--xformers``: xformers attention in every ``CrossAttention`` (UserError when not installed)."""
+        unet.set_attention_backend("xformers")
 
     def cache_outputs(self, text_encoders, captions: list[str]) -> tuple:
         """``(hidden1 (B, L, D1), hidden2 (B, L, D2), pool2 (B, P))`` for the TE-output cache."""
-        conds = self.encode(text_encoders, self.tokenize(captions))
+        conds = self.encode_captions(text_encoders, captions)  # kohya-compat: weighted when --weighted_captions
         d1 = text_encoders[0].config.hidden_size
         return conds.context[..., :d1].cpu(), conds.context[..., d1:].cpu(), conds.pooled.cpu()
 

@@ -51,6 +51,19 @@ def _both(a: str, b: str) -> Callable[[dict, str], bool]:
     return lambda v, e: bool(v[a]) and bool(v[b])
 
 
+def _fp8(v: dict) -> bool:
+    return bool(v["fp8_base"] or v["fp8_base_unet"])
+
+
+def _lycoris_without_bypass(v: dict, entry: str) -> bool:
+    """fp8 with a LyCORIS plugin outside bypass mode (LyCORIS reads ``bypass_mode`` as false only if absent
+    or "false"; in merge mode it adds its delta to the stored fp8 weight, which torch cannot do)."""
+    if not _fp8(v) or not str(v["network_module"] or "").startswith("lycoris"):
+        return False
+    args = {k.strip(): val.strip() for k, _, val in (str(a).partition("=") for a in v["network_args"] or [])}
+    return args.get("bypass_mode", "false").lower() == "false"
+
+
 def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
     """``(level, condition(values, entry), message)`` for every rule, in CLI.md §5.12 order."""
     return [
@@ -84,8 +97,17 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
          "--cache_text_encoder_outputs: --caption_dropout_every_n_epochs is not applied (captions encoded once)"),
         ("error", lambda v, e: v["full_fp16"] and v["mixed_precision"] != "fp16",
          "--full_fp16 requires --mixed_precision fp16"),
+        ("warning", lambda v, e: v["full_fp16"] and str(v["optimizer_type"] or "AdamW").lower() == "adamw",
+         "--full_fp16 with AdamW: fp16 rounds its eps (1e-8) to 0, so early steps can be NaN and get skipped; "
+         "prefer --optimizer_type AdamW8bit or Lion, or bf16 with --full_bf16"),
         ("error", lambda v, e: v["full_bf16"] and v["mixed_precision"] != "bf16",
          "--full_bf16 requires --mixed_precision bf16"),
+        ("error", lambda v, e: _fp8(v) and v["mixed_precision"] not in ("fp16", "bf16"),  # kohya-compat
+         "--fp8_base / --fp8_base_unet require --mixed_precision fp16 or bf16 (fp8 weights compute upcast)"),
+        ("warning", _both("fp8_base", "fp8_base_unet"),
+         "--fp8_base_unet is set: only the UNet is stored in fp8, the text encoders stay in fp16/bf16"),
+        ("error", _lycoris_without_bypass,  # sd-train: LyCORIS would add its delta to the fp8 weight and crash
+         "--fp8_base / --fp8_base_unet with a LyCORIS --network_module need --network_args bypass_mode=True"),
         ("error", _both("network_train_unet_only", "network_train_text_encoder_only"),  # sd-train:
          "--network_train_unet_only and --network_train_text_encoder_only cannot both be set"),
         ("error", lambda v, e: v["lr_scheduler"] == "constant" and v["lr_warmup_steps"] not in (0, 0.0),

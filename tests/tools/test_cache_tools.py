@@ -121,3 +121,25 @@ def test_family_errors_are_one_line(tiny_ckpt, sample, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "SDXL" in err and len(err.strip().splitlines()) == 1
     assert not list(folder.glob("*.npz"))
+
+
+def test_weighted_captions_encode_like_trainer_and_key_the_cache(tiny_ckpt, sample, capsys):
+    from library.checkpoint_io import load_models
+    from sd_train.families.sdxl import SdxlFamily
+
+    toml, folder = sample
+    ckpt = tiny_ckpt("sdxl")
+    models = load_models(ckpt)
+    caps = ["a (red:1.5) circle on [blue] ground", "plain words"]
+    got = cache_text_encoder_outputs.sdxl_text_encoder(
+        models.text_encoders, cache_text_encoder_outputs.sdxl_tokenizers(None), None, weighted=True)(caps)
+    want = SdxlFamily(weighted_captions=True).cache_outputs(models.text_encoders, caps)
+    plain = SdxlFamily().cache_outputs(models.text_encoders, ["a red circle on blue ground", "plain words"])
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w.float(), atol=1e-6)
+    assert not torch.allclose(got[0][0], plain[0][0].float(), atol=1e-3)  # weights reached TE1's states
+    assert torch.allclose(got[2], plain[2].float(), atol=1e-6)  # same tokens; the pooled output is not weighted
+    assert torch.allclose(got[1][1], plain[1][1].float(), atol=1e-6)  # no weight syntax: unchanged
+    for flags, encoded in ((["--weighted_captions"], 8), ([], 8), ([], 0), (["--weighted_captions"], 8)):
+        assert cache_text_encoder_outputs.main(_args(ckpt, toml, "--sdxl", *flags)) == 0
+        assert f"text encoder outputs encoded: {encoded} " in capsys.readouterr().out

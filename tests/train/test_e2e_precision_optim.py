@@ -78,3 +78,16 @@ def test_disable_mmap_load_trains_the_same(assets, tmp_path):
     mapped, _ = _run(assets, tmp_path / "a", "--learning_rate", "1e-3")
     read, _ = _run(assets, tmp_path / "b", "--learning_rate", "1e-3", "--disable_mmap_load_safetensors")
     assert all(torch.equal(mapped[k], read[k]) for k in mapped)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_fp16_on_cpu_is_one_line_before_models_load(assets, tmp_path, capsys):
+    ckpt, toml = assets
+    code = sdxl_main(["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml),
+                      "--output_dir", str(tmp_path / "o"), "--network_module", "networks.lora",
+                      "--mixed_precision", "fp16", "--max_data_loader_n_workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == ("error: --mixed_precision fp16 needs a CUDA GPU (there is no fp16 autocast on the CPU); "
+                       "use --mixed_precision bf16 or no")
+    assert not list((tmp_path / "o").glob("*.safetensors"))

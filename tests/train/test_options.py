@@ -116,16 +116,23 @@ def test_sd_bucket_steps_need_64_and_v2_ok():
     (dict(cache_text_encoder_outputs=True, network_train_unet_only=True, caption_dropout_every_n_epochs=2),
      "--caption_dropout_every_n_epochs"),
     (dict(clip_skip=2), "--clip_skip is ignored for SDXL"),
+    (dict(full_fp16=True, mixed_precision="fp16"), "--full_fp16 with AdamW: fp16 rounds its eps"),
+    (dict(full_fp16=True, mixed_precision="fp16", optimizer_type="adamw"), "prefer --optimizer_type AdamW8bit"),
 ])
 def test_warning_rules(changes, fragment):
     notes = _validate(**changes)
     assert len(notes) == 1 and fragment in notes[0]
 
 
+def test_full_fp16_with_other_optimizers_does_not_warn():
+    assert _validate(full_fp16=True, mixed_precision="fp16", optimizer_type="Lion") == []
+
+
 def test_every_rule_has_a_test():
     messages = [m for _, m in rule_messages()]
     fragments = [f for _, f in ERRORS] + [
-        "--zero_terminal_snr", "--enable_wildcard", "--caption_dropout_every_n_epochs", "--clip_skip", "multiple of 32"]
+        "--zero_terminal_snr", "--enable_wildcard", "--caption_dropout_every_n_epochs", "--clip_skip", "multiple of 32",
+        "--fp8_base", "--full_fp16 with AdamW"]
     for message in messages:
         assert any(f in message for f in fragments), message
 
