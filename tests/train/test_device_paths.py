@@ -22,15 +22,6 @@ from sd_train.sdxl_train_network import main as sdxl_main
 from sd_train.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from tools.make_sample_dataset import make_sample_dataset
-    from tools.make_tiny_model import make_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("device_paths")
-    return make_tiny_checkpoint("sdxl", root / "tiny_sdxl.safetensors"), make_sample_dataset(root / "data")
-
-
 def _args(assets, out, *extra):
     ckpt, toml = assets
     return ["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml), "--output_dir", str(out),

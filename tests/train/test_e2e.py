@@ -10,17 +10,6 @@ from sd_train.sdxl_train_network import main as sdxl_main
 from sd_train.train_network import main as sd_main
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from tools.make_sample_dataset import make_sample_dataset
-    from tools.make_tiny_model import make_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("e2e")
-    ckpt = make_tiny_checkpoint("sdxl", root / "tiny_sdxl.safetensors")
-    toml = make_sample_dataset(root / "data")
-    return ckpt, toml
-
-
 def _plain_toml(sample_toml, path):
     """A 64×64 TOML over the sample images with 64-pixel bucket steps (valid for SD1 too)."""
     image_dir = next(p for p in sample_toml.parent.iterdir() if p.is_dir())

@@ -9,15 +9,6 @@ from library.safetensors_io import load_file
 from sd_train.sdxl_train_network import main as sdxl_main
 
 
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from tools.make_sample_dataset import make_sample_dataset
-    from tools.make_tiny_model import make_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("e2e_opt")
-    return make_tiny_checkpoint("sdxl", root / "tiny_sdxl.safetensors"), make_sample_dataset(root / "data")
-
-
 def _run(assets, out, *extra):
     ckpt, toml = assets
     args = ["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml),

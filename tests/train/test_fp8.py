@@ -165,26 +165,17 @@ def test_lora_plugin_wraps_the_upcast_forward_on_tiny_sdxl():
     assert q.forward == upcast  # removing the network leaves the fp8 layer computing
 
 
-@pytest.fixture(scope="module")
-def sdxl_assets(tmp_path_factory):
-    from tools.make_sample_dataset import make_sample_dataset
-    from tools.make_tiny_model import make_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("fp8")
-    return make_tiny_checkpoint("sdxl", root / "tiny_sdxl.safetensors"), make_sample_dataset(root / "data")
-
-
 def _args(ckpt, toml, out, *extra):
     return ["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml), "--output_dir", str(out),
             "--network_module", "networks.lora", "--network_dim", "4", "--max_train_steps", "2",
             "--max_data_loader_n_workers", "0", "--seed", "3", "--learning_rate", "1e-3", *extra]
 
 
-def test_sdxl_fp8_base_trains_unet_and_text_encoder_loras_and_samples(sdxl_assets, tmp_path):
+def test_sdxl_fp8_base_trains_unet_and_text_encoder_loras_and_samples(assets, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square --w 64 --h 64 --s 2 --d 5\n", encoding="utf-8")
     out = tmp_path / "out"
-    assert sdxl_main(_args(*sdxl_assets, out, "--fp8_base", "--mixed_precision", "bf16", "--cache_latents",
+    assert sdxl_main(_args(*assets, out, "--fp8_base", "--mixed_precision", "bf16", "--cache_latents",
                            "--sample_prompts", str(prompts), "--sample_every_n_steps", "2")) == 0
     weights, meta = load_file(out / "last.safetensors")
     assert meta["ss_fp8_base"] == "True" and meta["ss_fp8_base_unet"] == "False"

@@ -183,10 +183,9 @@ def test_check_support_keeps_the_multiplier():
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tiny_sdxl, tmp_path_factory):
     """Tiny SDXL checkpoint and the 8 sample images split into folders ``dop`` (4) and ``plain`` (4)."""
     from tools.make_sample_dataset import make_sample_dataset
-    from tools.make_tiny_model import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("dop")
     src = make_sample_dataset(root / "sample").parent / "10_sks shape"
@@ -195,7 +194,7 @@ def assets(tmp_path_factory):
         dest.mkdir(exist_ok=True)
         shutil.copy(p, dest / p.name)
         shutil.copy(p.with_suffix(".txt"), dest / p.with_suffix(".txt").name)
-    return make_tiny_checkpoint("sdxl", root / "tiny_sdxl.safetensors"), root
+    return tiny_sdxl, root
 
 
 def _toml(root, path, plain_attrs: str = ""):

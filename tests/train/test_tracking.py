@@ -64,12 +64,11 @@ def _offline_run(wandb_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tiny_sdxl, tmp_path_factory):
     from tools.make_sample_dataset import make_sample_dataset
-    from tools.make_tiny_model import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("wandb_assets")
-    ckpt = make_tiny_checkpoint("sdxl", root / "tiny.safetensors")
+    ckpt = tiny_sdxl
     image_dir = next(p for p in make_sample_dataset(root / "data").parent.iterdir() if p.is_dir())
     toml = root / "two_batches.toml"  # 8 images, batch 4: an epoch is 2 steps
     toml.write_text('[general]\ncaption_extension = ".txt"\nresolution = 64\nbatch_size = 4\n'

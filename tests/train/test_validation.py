@@ -11,12 +11,11 @@ from sd_train.validation import fixed_timesteps
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tiny_sdxl, tmp_path_factory):
     from tools.make_sample_dataset import make_sample_dataset
-    from tools.make_tiny_model import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("val")
-    ckpt = make_tiny_checkpoint("sdxl", root / "tiny.safetensors")
+    ckpt = tiny_sdxl
     image_dir = next(p for p in make_sample_dataset(root / "data").parent.iterdir() if p.is_dir())
     toml = root / "one_repeat.toml"  # 8 images, 1 repeat: 6 train + 2 validation images with split 0.25
     toml.write_text('[general]\ncaption_extension = ".txt"\nresolution = 64\nbatch_size = 2\n'

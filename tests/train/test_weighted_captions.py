@@ -222,12 +222,11 @@ def test_family_kwargs_carry_the_flag():
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tiny_sdxl, tmp_path_factory):
     from tools.make_sample_dataset import make_sample_dataset
-    from tools.make_tiny_model import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("weighted")
-    ckpt = make_tiny_checkpoint("sdxl", root / "tiny_sdxl.safetensors")
+    ckpt = tiny_sdxl
     plain = make_sample_dataset(root / "plain")
     weighted = make_sample_dataset(root / "weighted")
     for txt in (weighted.parent / "10_sks shape").glob("*.txt"):
