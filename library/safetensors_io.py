@@ -99,10 +99,19 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``final`` with the same suffix; rename it into place on success.
 
     The temporary name is ``.{name}.tmp-{pid}{suffix}`` so writers that pick a format from the
-    extension still see it. On any exception the temporary file is removed and ``final`` is untouched.
+    extension still see it. On an exception while writing, the temporary file is removed and ``final`` is
+    untouched. When the finished file cannot take ``final``'s place (``final`` is a folder, say), it is kept
+    as ``{name}.unsaved-{pid}{suffix}`` and a :class:`UserError` names both paths: no finished work is lost.
+
+    Raises:
+        UserError: the folder cannot be created, or the finished file cannot be renamed to ``final``.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{final.parent}: cannot create this folder ({err.strerror}); "
+                        "choose a writable output location") from None
     tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
     try:
         yield tmp
@@ -113,10 +122,20 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, final)
+        _replace_or_keep(tmp, final)
     finally:
         if tmp.is_file():
             tmp.unlink()
+
+
+def _replace_or_keep(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; if that fails, keep it under a visible name and raise UserError."""
+    try:
+        os.replace(tmp, final)
+    except OSError as err:
+        kept = final.with_name(f"{final.stem}.unsaved-{os.getpid()}{final.suffix}")
+        os.replace(tmp, kept)
+        raise UserError(f"{final}: cannot write it ({err.strerror}); the new file was kept as {kept}") from None
 
 
 def _ss_only(metadata: Mapping[str, str] | None) -> dict[str, str]:

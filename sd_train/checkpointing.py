@@ -132,6 +132,24 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def prepare_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Create ``--output_dir`` and prove it takes files, before any model loads.
+
+    Raises:
+        UserError: the folder cannot be created or written to (one line naming it).
+    """
+    path = Path(output_dir)
+    probe = path / f".sd-train-write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{path}: --output_dir is not a writable folder ({err.strerror}); "
+                        "choose another --output_dir") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_state_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder ``.{name}.tmp-{pid}`` next to ``final_dir``; rename it on success.

@@ -95,7 +95,7 @@ class Trainer:
         self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
                                 bucket_step_multiple=self.family.bucket_step_multiple)
         if PartialState(cpu=_gloo_on_cpu()).is_main_process:  # only rank 0 writes files
-            Path(s.output_dir).mkdir(parents=True, exist_ok=True)
+            checkpointing.prepare_output_dir(s.output_dir)
             (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
                 json.dumps(self.prepared.report(), indent=2, default=str))
             print(self.prepared.format_report())

@@ -78,6 +78,27 @@ def test_atomic_path_keeps_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors"]
 
 
+def test_atomic_path_keeps_the_finished_file_when_the_target_is_blocked(tmp_path):
+    import os
+
+    final = tmp_path / "out.safetensors"
+    final.mkdir()  # a folder where the file should go: the rename must fail
+    kept = tmp_path / f"out.unsaved-{os.getpid()}.safetensors"
+    with pytest.raises(UserError) as info:
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(b"trained")
+    assert str(info.value) == f"{final}: cannot write it (Is a directory); the new file was kept as {kept}"
+    assert kept.read_bytes() == b"trained" and final.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", kept.name]
+
+
+def test_atomic_path_names_a_folder_it_cannot_create(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"file/sub: cannot create this folder \(Not a directory\); choose a writable"):
+        with atomic_path(tmp_path / "file" / "sub" / "out.safetensors"):
+            pass
+
+
 def test_file_model_hashes(tmp_path):
     path = tmp_path / "m.bin"
     data = bytes(range(256)) * 5000

@@ -153,3 +153,24 @@ def test_cached_latents_and_text_encoder_outputs(assets, tmp_path):
                            "--cache_text_encoder_outputs")) == 0
     tensors, meta = read_header(out / "last.safetensors")
     assert meta["ss_cache_latents"] == "True" and all(k.startswith("lora_unet_") for k in tensors)
+
+
+def test_unwritable_output_dir_is_one_line_before_models_load(assets, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code = sdxl_main(_args(assets, tmp_path / "file" / "out", "--pretrained_model_name_or_path", "missing.ckpt"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {tmp_path / 'file' / 'out'}: --output_dir is not a writable folder "
+                                 "(Not a directory); choose another --output_dir"]
+
+
+def test_blocked_output_file_keeps_the_trained_lora(assets, tmp_path, capsys):
+    import os
+
+    out = tmp_path / "out"
+    (out / "last.safetensors").mkdir(parents=True)
+    assert sdxl_main(_args(assets, out, "--network_train_unet_only", "--max_train_steps", "1")) == 2
+    kept = out / f"last.unsaved-{os.getpid()}.safetensors"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {out / 'last.safetensors'}: cannot write it (Is a directory); the new file was kept as {kept}"
+    tensors, meta = load_file(kept)
+    assert meta["ss_steps"] == "1" and all(bool(torch.isfinite(v).all()) for v in tensors.values())
