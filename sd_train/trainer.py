@@ -54,7 +54,8 @@ class Trainer:
 
     def __init__(self, options, family):
         self.opts, self.family = options, family
-        self.progress, self.guard, self.losses = Progress(), NanGuard(), loss_lib.LossRecorder()
+        self.progress, self.losses = Progress(), loss_lib.LossRecorder()
+        self.guard = NanGuard(max_consecutive=options.training.max_nan_steps)
         self.schedule = noise_lib.make_schedule(options.training.zero_terminal_snr)
         self.noise_opts = noise_lib.NoiseOptions.from_training(options.training)
         self.loss_opts = loss_lib.LossOptions.from_training(options.training, options.model.v_parameterization)

@@ -62,3 +62,5 @@ class TrainingOptions:
         "Scale the v-loss like the epsilon loss (needs --v_parameterization)")
     v_pred_like_loss: float | None = opt(None, "Add a v-prediction-like loss term with this weight", type=float)
     debiased_estimation_loss: bool = flag("Debiased-estimation loss weighting")
+    max_nan_steps: int = opt(10, "sd-train: stop after N consecutive optimizer steps skipped for a non-finite "
+                             "loss or gradient", type=int)  # sd-train: not a kohya flag

@@ -18,7 +18,7 @@ def test_namespace_is_flat_with_kohya_names():
     assert isinstance(ns, argparse.Namespace)
     assert ns.network_dim == 8 and ns.network_args == ["conv_dim=4"]
     assert ns.network_alpha == 1 and ns.caption_extension == ".caption" and ns.max_train_steps == 1600
-    assert len(vars(ns)) == 197
+    assert len(vars(ns)) == 198  # kohya's 196 SDXL flags + --debug and --max_nan_steps (ours)
 
 
 def test_options_are_frozen_and_unknown_names_rejected():
@@ -90,6 +90,7 @@ ERRORS = [
     (dict(initial_step=1600), "--initial_step must be less than --max_train_steps"),
     (dict(initial_epoch=5, max_train_epochs=4), "--initial_epoch must not exceed --max_train_epochs"),
     (dict(v2=True), "--v2 is for SD 2.x models"),
+    (dict(max_nan_steps=0), "--max_nan_steps must be at least 1"),
     (dict(base_weights=["a"], base_weights_multiplier=[1.0, 2.0]), "--base_weights_multiplier"),
     (dict(use_8bit_adam=True, optimizer_type="Lion"), "--use_8bit_adam and --optimizer_type Lion"),
 ]
