@@ -142,8 +142,6 @@ class Trainer:
         for module in [unet, vae, *self.models.text_encoders]:
             module.requires_grad_(False).eval()
         unet.to(device, self.weight_dtype)
-        if m.gradient_checkpointing:
-            self.family.enable_gradient_checkpointing(unet)
         if m.xformers:
             self.family.use_xformers(unet)
         for te in self.models.text_encoders:
@@ -180,6 +178,7 @@ class Trainer:
         if n.network_weights:
             self.host.load_weights(n.network_weights)
         if self.opts.model.gradient_checkpointing:
+            self.family.enable_gradient_checkpointing(unet, self.models.text_encoders if self.train_te else ())
             self.host.enable_gradient_checkpointing()
 
     def _release_cached_inputs(self) -> None:

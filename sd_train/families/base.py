@@ -123,8 +123,16 @@ class ModelFamily(abc.ABC):
             info["sd_model_hash"], info["new_sd_model_hash"] = file_model_hashes(path)
         return info
 
-    def enable_gradient_checkpointing(self, unet: torch.nn.Module) -> None:
-        """Turn on activation checkpointing in the UNet (diffusers API; SDXL overrides)."""
+    def enable_gradient_checkpointing(self, unet: torch.nn.Module, text_encoders: Sequence = ()) -> None:
+        """Turn on activation checkpointing in the UNet and in the given (trained) text encoders, which are
+        put in train mode as kohya does (CLIP has no dropout, so only checkpointing changes)."""
+        self._checkpoint_unet(unet)
+        for te in text_encoders:
+            te.gradient_checkpointing_enable()
+            te.train()  # kohya-compat: trained text encoders run in train mode
+
+    def _checkpoint_unet(self, unet: torch.nn.Module) -> None:
+        """UNet activation checkpointing (diffusers API; SDXL overrides)."""
         unet.enable_gradient_checkpointing()
 
     def use_xformers(self, unet: torch.nn.Module) -> None:

@@ -85,7 +85,7 @@ class SdxlFamily(ModelFamily):
         h1, h2 = apply_token_weights(h1, weights[0]), apply_token_weights(h2, weights[1])
         return Conds(context=torch.cat([h1, h2.to(h1.dtype)], dim=2), pooled=pooled)
 
-    def enable_gradient_checkpointing(self, unet: torch.nn.Module) -> None:
+    def _checkpoint_unet(self, unet: torch.nn.Module) -> None:
         """Turn on activation checkpointing in the SGM-named SDXL UNet (it checkpoints in train mode only)."""
         unet.set_gradient_checkpointing(True)
         unet.train()  # kohya-compat: kohya's unet.train() for checkpointing; the frozen UNet's dropout is 0

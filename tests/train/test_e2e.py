@@ -174,3 +174,24 @@ def test_blocked_output_file_keeps_the_trained_lora(assets, tmp_path, capsys):
     assert err[-1] == f"error: {out / 'last.safetensors'}: cannot write it (Is a directory); the new file was kept as {kept}"
     tensors, meta = load_file(kept)
     assert meta["ss_steps"] == "1" and all(bool(torch.isfinite(v).all()) for v in tensors.values())
+
+
+def test_gradient_checkpointing_reaches_trained_text_encoders_and_keeps_the_result(assets, tmp_path, monkeypatch):
+    import library.models.text_encoders as te_mod
+    import torch.utils.checkpoint as tuc
+
+    calls = []
+
+    def counting(fn, *args, **kwargs):
+        calls.append(type(fn).__name__)
+        return tuc.checkpoint(fn, *args, **kwargs)
+
+    monkeypatch.setattr(te_mod, "checkpoint", counting)
+    assert sdxl_main(_args(assets, tmp_path / "plain", "--max_train_steps", "1")) == 0
+    assert calls == []
+    assert sdxl_main(_args(assets, tmp_path / "ckpt", "--max_train_steps", "1", "--gradient_checkpointing")) == 0
+    assert calls and set(calls) == {"CLIPEncoderLayer"}  # both text encoders recompute their layers
+    a, _ = load_file(tmp_path / "plain" / "last.safetensors")
+    b, _ = load_file(tmp_path / "ckpt" / "last.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("lora_te2_") for k in a)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
