@@ -164,15 +164,17 @@ def _cast(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
     return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
 
 
-def collect_states(family: str, items: Iterator, configs: dict, dtype, device, where: str):
-    """Route every checkpoint tensor: ``(states per component, extras, unknown keys)``."""
+def collect_states(family: str, items: Iterator, configs: dict, dtype, device, where: str, unet_dtype=None):
+    """Route every checkpoint tensor: ``(states per component, extras, unknown keys)``; UNet tensors are cast
+    to ``unet_dtype`` (default ``dtype``), the others to ``dtype``."""
     states: dict[str, dict] = {"unet": {}, "vae": {}, **{f"te{i}": {} for i in range(len(configs["text_encoders"]))}}
     extras, unknown = {}, []
     lpb = configs["unet"]["layers_per_block"] if isinstance(configs["unet"], dict) else configs["unet"].num_res_blocks
     for key, value in items:
         r = cc.route_key(family, key, value, lpb, _te_layers(family, configs))
         if r.kind == "param":
-            states[r.component].update((k, _cast(v, dtype, device)) for k, v in r.pairs)
+            to = unet_dtype if unet_dtype is not None and r.component == "unet" else dtype
+            states[r.component].update((k, _cast(v, to, device)) for k, v in r.pairs)
         elif r.kind == "extra":
             extras[r.key] = value.clone()  # a view would keep the whole memory-mapped file alive
         elif r.kind == "unknown":
@@ -204,7 +206,8 @@ def _finish(family: str, mods: dict, states: dict, unknown: list, where: str) ->
 
 
 def load_models(path: str | os.PathLike, *, expected_family: str | None = None, v2: bool = False,
-                dtype: torch.dtype = torch.float32, device="cpu", vae_path=None, mmap: bool = True) -> LoadedModels:
+                dtype: torch.dtype = torch.float32, device="cpu", vae_path=None, mmap: bool = True,
+                unet_dtype: torch.dtype | None = None) -> LoadedModels:
     """Load UNet, text encoders and VAE from a single file or a diffusers folder.
 
     Args:
@@ -216,6 +219,8 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         device: Target device of every weight.
         vae_path: Optional separate VAE file (LDM or diffusers names, with or without ``first_stage_model.``).
         mmap: Memory-map a ``.safetensors`` file (default) or read it tensor by tensor.
+        unet_dtype: dtype of the UNet weights when it differs from ``dtype`` (the trainer loads the UNet
+            straight in its compute dtype: no full fp32 copy of the largest model is ever made).
 
     Raises:
         UserError: missing/corrupt/unsafe file, wrong family, or weights that do not fit.
@@ -225,6 +230,8 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         from library.checkpoint_diffusers import load_diffusers_folder
 
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
+        if unet_dtype is not None:
+            models.unet.to(unet_dtype)
     else:
         keys, metadata, items = open_tensors(p, mmap=mmap)
         family = detect_family(keys)
@@ -233,7 +240,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
                    else {"family": family, **default_configs(family)})
         configs.pop("family")
         mods = build_models(family, configs)
-        states, extras, unknown = collect_states(family, items, configs, dtype, device, str(p))
+        states, extras, unknown = collect_states(family, items, configs, dtype, device, str(p), unet_dtype)
         unet_unknown = [k for k in unknown if k.startswith(cc.UNET_PREFIX)]
         if unet_unknown:
             raise UserError(f"{p}: {len(unet_unknown)} unexpected UNet keys ({', '.join(unet_unknown[:5])})")

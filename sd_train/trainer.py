@@ -137,7 +137,7 @@ class Trainer:
         m, d, device = self.opts.model, self.opts.dataset, self.accelerator.device
         load_device = device if m.lowram else "cpu"  # kohya-compat: --lowram loads straight to the GPU
         self.models = self.family.load(m.pretrained_model_name_or_path, vae_path=m.vae, device=load_device,
-                                       mmap=not m.disable_mmap_load_safetensors)
+                                       mmap=not m.disable_mmap_load_safetensors, unet_dtype=self.weight_dtype)
         unet, vae = self.models.unet, self.models.vae
         for module in [unet, vae, *self.models.text_encoders]:
             module.requires_grad_(False).eval()

@@ -73,12 +73,12 @@ class ModelFamily(abc.ABC):
         return self.name
 
     def load(self, path: str, *, vae_path: str | None = None, dtype=torch.float32,
-             device="cpu", mmap: bool = True):
+             device="cpu", mmap: bool = True, unet_dtype: torch.dtype | None = None):
         """Load UNet, TEs and VAE with :func:`library.checkpoint_io.load_models` (strict, detected)."""
         from library.checkpoint_io import load_models
 
         return load_models(path, expected_family=self.expected_family, v2=self.v2, dtype=dtype,
-                           device=device, vae_path=vae_path, mmap=mmap)
+                           device=device, vae_path=vae_path, mmap=mmap, unet_dtype=unet_dtype)
 
     def tokenizers(self) -> list:
         """The tokenizers, one per text encoder (built once, offline)."""

@@ -178,3 +178,15 @@ def test_load_without_mmap_gives_the_same_weights(tiny_sdxl_ckpt):
     for ma, mb in [(a.unet, b.unet), (a.vae, b.vae), *zip(a.text_encoders, b.text_encoders)]:
         sa, sb = ma.state_dict(), mb.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_unet_loads_straight_in_its_own_dtype(tiny_sdxl_ckpt, mmap):
+    full = load_models(tiny_sdxl_ckpt)
+    mixed = load_models(tiny_sdxl_ckpt, unet_dtype=torch.bfloat16, mmap=mmap)
+    assert {p.dtype for p in mixed.unet.parameters()} == {torch.bfloat16}
+    for module in (*mixed.text_encoders, mixed.vae):
+        assert {p.dtype for p in module.parameters()} == {torch.float32}
+    want = {k: v.to(torch.bfloat16) for k, v in full.unet.state_dict().items()}  # same as casting after loading
+    got = mixed.unet.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
