@@ -165,8 +165,8 @@ def _cast(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def collect_states(family: str, items: Iterator, configs: dict, dtype, device, where: str, unet_dtype=None):
-    """Route every checkpoint tensor: ``(states per component, extras, unknown keys)``; UNet tensors are cast
-    to ``unet_dtype`` (default ``dtype``), the others to ``dtype``."""
+    """Route every checkpoint tensor: ``(states per component, extras, unknown keys)``, cast to ``dtype``
+    (UNet: ``unet_dtype`` when given)."""
     states: dict[str, dict] = {"unet": {}, "vae": {}, **{f"te{i}": {} for i in range(len(configs["text_encoders"]))}}
     extras, unknown = {}, []
     lpb = configs["unet"]["layers_per_block"] if isinstance(configs["unet"], dict) else configs["unet"].num_res_blocks
@@ -219,8 +219,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         device: Target device of every weight.
         vae_path: Optional separate VAE file (LDM or diffusers names, with or without ``first_stage_model.``).
         mmap: Memory-map a ``.safetensors`` file (default) or read it tensor by tensor.
-        unet_dtype: dtype of the UNet weights when it differs from ``dtype`` (the trainer loads the UNet
-            straight in its compute dtype: no full fp32 copy of the largest model is ever made).
+        unet_dtype: UNet weight dtype if not ``dtype`` (the trainer's compute dtype: no fp32 UNet copy).
 
     Raises:
         UserError: missing/corrupt/unsafe file, wrong family, or weights that do not fit.
@@ -230,8 +229,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         from library.checkpoint_diffusers import load_diffusers_folder
 
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
-        if unet_dtype is not None:
-            models.unet.to(unet_dtype)
+        models.unet.to(unet_dtype or dtype)
     else:
         keys, metadata, items = open_tensors(p, mmap=mmap)
         family = detect_family(keys)
