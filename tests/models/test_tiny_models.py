@@ -114,6 +114,9 @@ def test_diffusers_folder_loads_like_the_single_file(request, tmp_path, fixture)
     for a, b in [(models.unet, folder.unet), (models.vae, folder.vae)] + list(zip(models.text_encoders, folder.text_encoders)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k].half(), sb[k]) for k in sa)
+    mixed = load_models(tmp_path / "pipe", unet_dtype=torch.bfloat16)
+    assert {p.dtype for p in mixed.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in mixed.vae.parameters()} == {torch.float32}
 
 
 def test_make_sample_dataset_writes_images_captions_and_toml(tmp_path):
