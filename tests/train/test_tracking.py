@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +36,8 @@ def _records(path: Path):
             pos += BLOCK - pos % BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        if pos + HEADER + length > len(data):  # a chunk still being written
+            return
         parts.append(data[pos + HEADER:pos + HEADER + length])
         pos += HEADER + length
         if kind in (1, 4):  # FULL or LAST chunk ends a record
@@ -44,11 +47,25 @@ def _records(path: Path):
             yield record
 
 
+def _finished_records(wandb_dir: Path, timeout: float = 60.0) -> tuple[Path, list]:
+    """The one offline run file and its records, once W&B's service has written the final ``exit`` record
+    (it writes the file asynchronously; under load that can end a moment after ``wandb.finish()``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        records = list(_records(found[0])) if len(found) == 1 else []
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            assert len(found) == 1 and "exit" in kinds, f"offline runs {found}, records {kinds}"
+            return found[0], records
+        time.sleep(0.5)
+
+
 def _offline_run(wandb_dir: Path) -> dict:
     """Run name/project, config keys and history rows (``{key: value}``) of the one offline run."""
-    (path,) = wandb_dir.glob("wandb/offline-run-*/run-*.wandb")
+    path, records = _finished_records(wandb_dir)
     run, config, history = None, {}, []
-    for record in _records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = record.run
