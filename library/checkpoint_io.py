@@ -1,9 +1,9 @@
 """Load and save SD1.x / SD2.x / SDXL checkpoints (single file or diffusers folder).
 
-Loading never holds a second full-precision copy: modules are built on the ``meta`` device, each
-tensor is read on its own (memory-mapped safetensors), cast straight to the target dtype/device
-and assigned with ``load_state_dict(assign=True)``. ``.ckpt``/``.pt`` files are read only with
-``torch.load(weights_only=True)``. Key layouts: FORMAT.md §10–11.
+No second full-precision copy: modules are built on ``meta``, each tensor is read on its own (mapped,
+or into its own buffer when cast), cast to the target dtype/device and assigned with
+``load_state_dict(assign=True)``. ``.ckpt``/``.pt`` only via ``torch.load(weights_only=True)``.
+Key layouts: FORMAT.md §10–11.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from library import checkpoint_convert as cc
 from library.checkpoint_convert import configs_from_json, configs_to_json, default_configs
 from library.errors import UserError
-from library.safetensors_io import atomic_path, read_header, read_tensors
+from library.safetensors_io import atomic_path, read_header, read_tensors, stored_dtypes
 
 logger = logging.getLogger(__name__)
 CONFIG_METADATA_KEY = cc.CONFIG_METADATA_KEY
@@ -77,12 +77,8 @@ def detect_path_family(path: str | os.PathLike) -> str:
 
 
 def check_family(family: str, expected_family: str | None, v2: bool, where: str) -> None:
-    """Raise a UserError naming the right script when ``family`` does not fit the entry point.
-
-    Args:
-        expected_family: ``None`` (no check), ``"sdxl"``, or ``"sd"``/``"sd1"``/``"sd2"`` for train_network.py
-            (SD1 vs SD2 is then decided by ``v2``).
-    """
+    """Raise a UserError naming the right script when ``family`` does not fit the entry point
+    (``expected_family``: ``None`` = no check, ``"sdxl"``, or ``"sd"``/``"sd1"``/``"sd2"`` with ``v2``)."""
     if expected_family is None:
         return
     if expected_family == "sdxl" and family != "sdxl":
@@ -136,11 +132,13 @@ def _iter_ckpt(path: Path) -> tuple[list[str], Iterator]:
     return list(sd), iter(sd.items())
 
 
-def open_tensors(path: str | os.PathLike, mmap: bool = True) -> tuple[list[str], dict[str, str], Iterator]:
+def open_tensors(path: str | os.PathLike, mmap: bool = True,
+                 load_dtypes: set | None = None) -> tuple[list[str], dict[str, str], Iterator]:
     """``(keys, metadata, lazy (key, tensor) iterator)`` of a ``.safetensors`` or ``.ckpt``/``.pt`` file.
 
-    With ``mmap=False`` (kohya's ``--disable_mmap_load_safetensors``) each tensor is read into its
-    own buffer, so no file pages stay mapped (and counted in RSS) while the model is converted.
+    A safetensors file is memory-mapped only with ``mmap`` (kohya's ``--disable_mmap_load_safetensors``
+    turns it off) and when every stored float dtype is in ``load_dtypes`` (the caller's cast targets):
+    a cast copies each tensor anyway, and the mapped pages would add the whole file to the peak RSS.
     """
     p = Path(path)
     if not p.is_file():
@@ -149,6 +147,8 @@ def open_tensors(path: str | os.PathLike, mmap: bool = True) -> tuple[list[str],
         keys, it = _iter_ckpt(p)
         return keys, {}, it
     header, metadata = read_header(p)
+    if load_dtypes is not None and not stored_dtypes(header) <= set(load_dtypes):
+        mmap = False
 
     def mapped():
         from safetensors import safe_open
@@ -218,7 +218,8 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         dtype: Floating-point dtype of every weight.
         device: Target device of every weight.
         vae_path: Optional separate VAE file (LDM or diffusers names, with or without ``first_stage_model.``).
-        mmap: Memory-map a ``.safetensors`` file (default) or read it tensor by tensor.
+        mmap: Memory-map a ``.safetensors`` file (default, when no tensor needs a cast) or read it
+            tensor by tensor.
         unet_dtype: UNet weight dtype if not ``dtype`` (the trainer's compute dtype: no fp32 UNet copy).
 
     Raises:
@@ -231,7 +232,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
         models.unet.to(unet_dtype or dtype)
     else:
-        keys, metadata, items = open_tensors(p, mmap=mmap)
+        keys, metadata, items = open_tensors(p, mmap=mmap, load_dtypes={dtype, unet_dtype or dtype})
         family = detect_family(keys)
         check_family(family, expected_family, v2, str(p))
         configs = (configs_from_json(metadata[CONFIG_METADATA_KEY], str(p)) if CONFIG_METADATA_KEY in metadata
@@ -265,7 +266,7 @@ def load_vae_state(path: str | os.PathLike, config: dict, dtype, device) -> dict
         if not files:
             raise UserError(f"{p}: no .safetensors VAE weights in this folder")
         p = files[0]
-    _, _, items = open_tensors(p)
+    _, _, items = open_tensors(p, load_dtypes={dtype})
     levels = len(config["block_out_channels"])
     out = {}
     for k, v in items:
@@ -279,13 +280,9 @@ def load_vae_state(path: str | os.PathLike, config: dict, dtype, device) -> dict
 
 
 def save_models(models: LoadedModels, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-    """Write ``models`` as a single-file checkpoint (atomic); tiny configs go into the metadata.
-
-    Args:
-        models: What :func:`load_models` returned (possibly modified).
-        path: ``.safetensors`` (with ``sd_train.model_config`` metadata) or ``.ckpt`` (``{"state_dict": …}``).
-        dtype: Cast floating-point tensors to this dtype; ``None`` keeps each tensor's dtype.
-    """
+    """Write ``models`` (from :func:`load_models`) atomically as ``.safetensors`` (configs in the
+    ``sd_train.model_config`` metadata) or ``.ckpt`` (``{"state_dict": …}``); float tensors cast to
+    ``dtype`` unless it is ``None``."""
     states = {"unet": models.unet.state_dict(), "vae": models.vae.state_dict()}
     states.update({f"te{i}": te.state_dict() for i, te in enumerate(models.text_encoders)})
     sd = cc.to_single_file(models.family, states, models.extras, _te_layers(models.family, models.configs))

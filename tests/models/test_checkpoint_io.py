@@ -180,6 +180,22 @@ def test_load_without_mmap_gives_the_same_weights(tiny_sdxl_ckpt):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.parametrize("load_dtypes, mapped", [({torch.float16}, True), ({torch.float16, torch.float32}, True),
+                                                ({torch.float32}, False), ({torch.bfloat16}, False)])
+def test_file_is_mapped_only_when_no_tensor_needs_a_cast(tmp_path, monkeypatch, load_dtypes, mapped):
+    import library.checkpoint_io as cio
+
+    path = tmp_path / "half.safetensors"
+    tensors = {"w": torch.randn(4, 3).half(), "ids": torch.arange(3)}
+    save_file(tensors, str(path))
+    reads = []
+    monkeypatch.setattr(cio, "read_tensors", lambda p, real=cio.read_tensors: reads.append(p) or real(p))
+    _, _, items = cio.open_tensors(path, load_dtypes=load_dtypes)
+    got = dict(items)
+    assert reads == ([] if mapped else [path])
+    assert all(torch.equal(got[k], tensors[k]) for k in tensors)
+
+
 @pytest.mark.parametrize("mmap", [True, False])
 def test_unet_loads_straight_in_its_own_dtype(tiny_sdxl_ckpt, mmap):
     full = load_models(tiny_sdxl_ckpt)
