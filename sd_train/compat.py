@@ -33,6 +33,11 @@ class Unsupported:
     unless: str | None = None
 
 
+GUI_ONLY_KEYS = {  # kohya-compat: kohya_ss GUI settings it writes into --config_file; sd-scripts ignores them
+    "epoch": "max_train_epochs / max_train_steps set the run length",
+    "noise_offset_type": "noise_offset or multires_noise_iterations choose the noise",
+    "lowvram": "sd-scripts has no such option",
+}
 _DS = "DeepSpeed is not supported by sd-train; remove --deepspeed"
 _DS_IGNORED = "is a DeepSpeed option and is ignored without --deepspeed"
 _HUB = "uploading to or resuming from the Hugging Face Hub is not supported by sd-train; remove --{}"

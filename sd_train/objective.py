@@ -9,7 +9,28 @@ import torch
 
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
+from library.errors import UserError
 from sd_train import preservation
+from sd_train.options.model import DYNAMO_BACKENDS
+
+
+def check_compile_backend(backend: str) -> None:
+    """Refuse a ``--dynamo_backend`` this PyTorch has not registered (``ipex`` without IPEX, say), before
+    any model loads."""
+    import torch._dynamo
+
+    registered = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in registered:
+        usable = ", ".join(b for b in DYNAMO_BACKENDS if b in registered)
+        raise UserError(f"--dynamo_backend {backend} is not available with this PyTorch install; use one of: {usable}")
+
+
+def compile_unet(unet: torch.nn.Module, backend: str):
+    """``--torch_compile``: the UNet's training forward through ``torch.compile`` with ``backend`` (kohya
+    compiles through accelerate). Call it after the network is applied so its forward swaps are traced;
+    sampling and the DOP prior pass keep the plain module."""
+    check_compile_backend(backend)
+    return torch.compile(unet, backend=backend)
 
 
 def batch_latents(trainer, batch: dict, gen: torch.Generator) -> torch.Tensor:
@@ -42,7 +63,7 @@ def batch_loss(trainer, batch: dict, gen: torch.Generator, rng: random.Random,
     schedule = trainer.schedule
     eps, x_t, t = noise_lib.noisy_latents(schedule, latents, trainer.noise_opts, gen, rng, timesteps=fixed)
     with trainer.accelerator.autocast():
-        pred = trainer.family.predict(trainer.models.unet, x_t.to(trainer.weight_dtype), t, conds, batch)
+        pred = trainer.family.predict(trainer.unet_fn, x_t.to(trainer.weight_dtype), t, conds, batch)
     target = noise_lib.v_target(schedule, latents, eps, t) if trainer.loss_opts.v_parameterization else eps
     target = preservation.preserve_outputs(trainer, batch, x_t, t, conds, target)  # DOP rows: prior prediction
     cond = batch.get("conditioning_images")

@@ -129,6 +129,8 @@ class Trainer:
         if mp == "fp16" and self.accelerator.device.type == "cpu":
             raise UserError("--mixed_precision fp16 needs a CUDA GPU (there is no fp16 autocast on the CPU); "
                             "use --mixed_precision bf16 or no")
+        if self.opts.model.torch_compile:
+            objective.check_compile_backend(self.opts.model.dynamo_backend)
         self.weight_dtype = DTYPES.get(mp, torch.float32)
         self.save_dtype = DTYPES.get(self.opts.saving.save_precision)
 
@@ -180,6 +182,8 @@ class Trainer:
         if self.opts.model.gradient_checkpointing:
             self.family.enable_gradient_checkpointing(unet, self.models.text_encoders if self.train_te else ())
             self.host.enable_gradient_checkpointing()
+        m = self.opts.model
+        self.unet_fn = objective.compile_unet(unet, m.dynamo_backend) if m.torch_compile else unet
 
     def _release_cached_inputs(self) -> None:
         """sd-train: free the VAE / text encoders once their outputs are cached and nothing else needs

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sd_train.options.base import flag, opt
 
 DYNAMO_BACKENDS = (
+    "no",  # kohya-compat: accelerate's "no compile"; the kohya_ss GUI writes dynamo_backend = "no"
     "eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs",
     "ofi", "fx2trt", "onnxrt", "tensort", "ipex", "tvm",
 )
@@ -23,7 +24,8 @@ class ModelOptions:
     tokenizer_cache_dir: str | None = opt(
         None, "Folder with tokenizer files (optional: sd-train builds its tokenizers offline)")
     max_token_length: int | None = opt(
-        None, "Caption token budget: none (75), 150 or 225", type=int, choices=(150, 225))
+        None, "Caption token budget: 75 (default), 150 or 225", type=int,
+        choices=(75, 150, 225))  # kohya-compat: 75 (as the kohya_ss GUI writes) equals the default
     mem_eff_attn: bool = flag("Memory-efficient attention (sd-train uses PyTorch SDPA for it)")
     torch_compile: bool = flag("Compile the UNet with torch.compile")
     dynamo_backend: str = opt("inductor", "Backend for torch.compile", choices=DYNAMO_BACKENDS)

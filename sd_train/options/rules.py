@@ -108,6 +108,9 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
          "--fp8_base_unet is set: only the UNet is stored in fp8, the text encoders stay in fp16/bf16"),
         ("error", _lycoris_without_bypass,  # sd-train: LyCORIS would add its delta to the fp8 weight and crash
          "--fp8_base / --fp8_base_unet with a LyCORIS --network_module need --network_args bypass_mode=True"),
+        ("error", lambda v, e: v["torch_compile"] and v["dynamo_backend"] == "no",
+         "--torch_compile with --dynamo_backend no compiles nothing; pick a backend (default inductor) or drop "
+         "--torch_compile"),
         ("error", lambda v, e: v["max_nan_steps"] < 1, "--max_nan_steps must be at least 1"),
         ("error", _both("network_train_unet_only", "network_train_text_encoder_only"),  # sd-train:
          "--network_train_unet_only and --network_train_text_encoder_only cannot both be set"),

@@ -88,6 +88,19 @@ def test_unknown_key_several_hints_and_none(tmp_path, monkeypatch):
         load_config_file("b.toml", "sd")
 
 
+@pytest.mark.parametrize("key, reason", [
+    ("epoch", "max_train_epochs / max_train_steps set the run length"),
+    ("noise_offset_type", "noise_offset or multires_noise_iterations choose the noise"),
+])
+def test_kohya_ss_gui_keys_are_named_as_such(tmp_path, key, reason):
+    cfg = _write(tmp_path / "gui.toml", f"network_dim = 8\n{key} = 8\n")
+    with pytest.raises(UserError) as err:
+        load_config_file(cfg, "sdxl")
+    assert str(err.value) == (f"{cfg}: key '{key}' is a kohya_ss GUI setting, not a training option ({reason}); "
+                              "delete this line")
+    assert err.value.exit_code == 2
+
+
 def test_sdxl_only_key_for_sd_entry(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write(tmp_path / "c.toml", "cache_text_encoder_outputs = true\n")
@@ -113,6 +126,8 @@ def test_sdxl_only_key_for_sd_entry(tmp_path, monkeypatch):
     ("lr_warmup_steps = 0.1", "lr_warmup_steps", 0.1),
     ("lr_warmup_steps = '5%'", "lr_warmup_steps", 0.05),
     ("lr_decay_steps = '20'", "lr_decay_steps", 20),
+    ("max_token_length = 75", "max_token_length", 75),  # the kohya_ss GUI writes 75 (= the default)
+    ("dynamo_backend = 'no'", "dynamo_backend", "no"),  # ... and "no" (compilation off)
 ])
 def test_type_conversion_accepts(tmp_path, line, key, expected):
     cfg = _write(tmp_path / "c.toml", line + "\n")
@@ -128,6 +143,7 @@ def test_type_conversion_accepts(tmp_path, line, key, expected):
     ("output_name = 3", "expected a string"),
     ("cache_latents = 'true'", "expected true or false"),
     ("mixed_precision = 'fp8'", "invalid choice"),
+    ("max_token_length = 100", "invalid choice"),
     ("lr_warmup_steps = 1.5", "invalid value"),
     ("resolution = '512,512,3'", "invalid value"),
 ])

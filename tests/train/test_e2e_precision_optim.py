@@ -82,3 +82,35 @@ def test_fp16_on_cpu_is_one_line_before_models_load(assets, tmp_path, capsys):
     assert err[-1] == ("error: --mixed_precision fp16 needs a CUDA GPU (there is no fp16 autocast on the CPU); "
                        "use --mixed_precision bf16 or no")
     assert not list((tmp_path / "o").glob("*.safetensors"))
+
+
+def test_torch_compile_trains_the_same_through_the_compiled_unet(assets, tmp_path, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def spy(model, **kwargs):
+        compiled.append((type(model).__name__, kwargs))
+        return real_compile(model, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    plain, _ = _run(assets, tmp_path / "a", "--learning_rate", "1e-3")
+    assert compiled == []
+    fast, _ = _run(assets, tmp_path / "b", "--learning_rate", "1e-3", "--torch_compile", "--dynamo_backend", "eager")
+    assert compiled == [("SdxlUNet", {"backend": "eager"})]
+    assert plain.keys() == fast.keys()
+    for k in plain:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-4, atol=1e-6)
+
+
+def test_unregistered_compile_backend_is_one_line_before_models_load(assets, tmp_path, capsys, monkeypatch):
+    import library.checkpoint_io as cio
+
+    monkeypatch.setattr(cio, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
+    ckpt, toml = assets
+    code = sdxl_main(["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml),
+                      "--output_dir", str(tmp_path / "o"), "--network_module", "networks.lora",
+                      "--torch_compile", "--dynamo_backend", "ofi", "--max_data_loader_n_workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: --dynamo_backend ofi is not available with this PyTorch install; use one of: ")
+    assert "inductor" in err[-1] and "eager" in err[-1] and "ofi" not in err[-1].split("use one of: ")[1]

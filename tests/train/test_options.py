@@ -91,6 +91,7 @@ ERRORS = [
     (dict(initial_epoch=5, max_train_epochs=4), "--initial_epoch must not exceed --max_train_epochs"),
     (dict(v2=True), "--v2 is for SD 2.x models"),
     (dict(max_nan_steps=0), "--max_nan_steps must be at least 1"),
+    (dict(torch_compile=True, dynamo_backend="no"), "--torch_compile with --dynamo_backend no compiles nothing"),
     (dict(base_weights=["a"], base_weights_multiplier=[1.0, 2.0]), "--base_weights_multiplier"),
     (dict(use_8bit_adam=True, optimizer_type="Lion"), "--use_8bit_adam and --optimizer_type Lion"),
 ]

@@ -40,7 +40,7 @@ def _trainer(unet, ups: float = 0.05, module: str = "networks.lora", v_param: bo
     with torch.no_grad():
         for lora in host.network.unet_loras:
             lora.lora_up.weight.copy_(torch.randn(lora.lora_up.weight.shape, generator=gen) * ups)
-    return SimpleNamespace(host=host, family=SdxlFamily(), models=SimpleNamespace(unet=unet),
+    return SimpleNamespace(host=host, family=SdxlFamily(), models=SimpleNamespace(unet=unet), unet_fn=unet,
                            accelerator=SimpleNamespace(autocast=contextlib.nullcontext, device=torch.device("cpu")),
                            weight_dtype=torch.float32, schedule=noise_lib.make_schedule(False),
                            noise_opts=noise_lib.NoiseOptions(), train_te=False,
