@@ -1,8 +1,24 @@
-"""Gradient averaging across processes for networks that run inside the base model (CLI.md §7)."""
+"""The process group of a run and gradient averaging across processes (CLI.md §7)."""
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+
 import torch
+from accelerate import PartialState
+
+
+def gloo_on_cpu() -> bool:
+    """sd-train: a multi-process launch (``LOCAL_RANK`` set) without CUDA trains on the CPU over gloo."""
+    return int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
+
+
+def process_state(ddp_timeout: int | None = None) -> PartialState:
+    """This run's process state; the first call creates the process group, with ``--ddp_timeout``
+    minutes as its collective timeout when given (kohya passes it through accelerate the same way)."""
+    kwargs = {"timeout": timedelta(minutes=ddp_timeout)} if ddp_timeout else {}
+    return PartialState(cpu=gloo_on_cpu(), **kwargs)
 
 
 def average_gradients(params: list[torch.Tensor], accelerator) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
@@ -33,8 +33,9 @@ from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
 from sd_train.families.base import family_kwargs
-from sd_train.distributed import average_gradients
+from sd_train.distributed import average_gradients, gloo_on_cpu, process_state
 from sd_train.guard import NanGuard, batch_report, finite_flags
+from sd_train.loader import EpochLoader
 from sd_train.network_host import NetworkHost, parse_network_args
 from sd_train.resume import Progress
 from sd_train.steps import compute_steps
@@ -95,7 +96,7 @@ class Trainer:
         defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
         self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
                                 bucket_step_multiple=self.family.bucket_step_multiple)
-        if PartialState(cpu=_gloo_on_cpu()).is_main_process:  # only rank 0 writes files
+        if process_state(self.opts.training.ddp_timeout).is_main_process:  # only rank 0 writes files
             checkpointing.prepare_output_dir(s.output_dir)
             (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
                 json.dumps(self.prepared.report(), indent=2, default=str))
@@ -105,26 +106,11 @@ class Trainer:
                             if self.prepared.validation else None)
         return not self.opts.dataset.debug_dataset
 
-    def _indices(self, start: int) -> list[int]:
-        """This process's batch indices of an epoch from ``start`` (padded so ranks stay equal)."""
-        acc, n = self.accelerator, len(self.dataset)
-        order = [i % n for i in range(-(-n // acc.num_processes) * acc.num_processes)]
-        return order[acc.process_index::acc.num_processes][start:]
-
-    def _loader(self, epoch: int, start: int):
-        """Loader of whole bucket batches of ``epoch`` (from 0) from batch ``start``; its private generator
-        keeps the global torch RNG untouched (sd-train: needed for bit-exact resume)."""
-        self.dataset.set_epoch(epoch + 1)
-        self.dataset.set_current_step(self.progress.global_step)
-        workers = min(self.opts.dataset.max_data_loader_n_workers or 0, os.cpu_count() or 1)  # kohya-compat
-        return torch.utils.data.DataLoader(self.dataset, batch_size=None, sampler=self._indices(start),
-                                           num_workers=workers, generator=torch.Generator().manual_seed(epoch))
-
     def _setup_accelerator(self) -> None:
         log, mp = self.opts.logging, self.opts.model.mixed_precision
         stamp = (log.log_prefix or "") + time.strftime("%Y%m%d%H%M%S")  # kohya-compat: run folder name
         log_dir = log.logging_dir and os.path.join(log.logging_dir, stamp)
-        self.accelerator = Accelerator(mixed_precision=mp or "no", project_dir=log_dir, cpu=_gloo_on_cpu(),
+        self.accelerator = Accelerator(mixed_precision=mp or "no", project_dir=log_dir, cpu=gloo_on_cpu(),
                                        log_with=tracking.build_trackers(log, log_dir, lambda: self.progress))
         if mp == "fp16" and self.accelerator.device.type == "cpu":
             raise UserError("--mixed_precision fp16 needs a CUDA GPU (there is no fp16 autocast on the CPU); "
@@ -245,12 +231,15 @@ class Trainer:
         tes = self.family.plugin_text_encoders(self.models)
         tracking.init_trackers(acc, self.opts)
         sampling.maybe_sample(self, None)  # --sample_at_first (only at step 0)
+        d = self.opts.dataset
+        loader = EpochLoader(self.dataset, acc.num_processes, acc.process_index, d.max_data_loader_n_workers,
+                             d.persistent_data_loader_workers)
         with tqdm(total=self.max_train_steps, initial=p.global_step, desc="steps",
                   disable=not acc.is_local_main_process) as bar:
             while p.epoch < self.num_epochs and p.global_step < self.max_train_steps:
                 self.host.on_epoch_start(tes, self.models.unet)
-                n_batches, window = len(self._indices(0)), []
-                for index, batch in enumerate(self._loader(p.epoch, p.batch_index), start=p.batch_index):
+                n_batches, window = len(loader.indices()), []
+                for index, batch in enumerate(loader.epoch(p.epoch, p.batch_index, p.global_step), start=p.batch_index):
                     self.host.on_step_start(tes, self.models.unet)
                     window.append(self.train_step(batch, accum))
                     p.batch_index, done = index + 1, not (index + 1) % accum or index + 1 == n_batches
@@ -374,11 +363,6 @@ class Trainer:
         self.accelerator.end_training()
         if self.accelerator.num_processes == 1:
             AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def _gloo_on_cpu() -> bool:
-    """sd-train: a multi-process launch (``LOCAL_RANK`` set) without CUDA trains on the CPU over gloo."""
-    return int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.cuda.is_available()
 
 
 def run(family_cls, argv: list[str] | None, entry: str) -> int:

@@ -97,6 +97,7 @@ def _network_sha(trainer) -> str:
 def _probe_main(argv: list[str]) -> int:
     """Run the SDXL entry point with a wrapped Trainer that records what each rank did."""
     from sd_train import trainer as trainer_mod
+    from sd_train.loader import EpochLoader
     from sd_train.sdxl_train_network import main
 
     probe, seen, base_train = Path(os.environ["SD_TRAIN_PROBE"]), [], trainer_mod.Trainer.train
@@ -114,7 +115,9 @@ def _probe_main(argv: list[str]) -> int:
         initial = _network_sha(self)
         base_train(self)
         sched = self.lr_scheduler.scheduler
-        info = {"indices": self._indices(0)[:2], "batches": seen, "network_sha256": _network_sha(self),
+        acc = self.accelerator
+        indices = EpochLoader(self.dataset, acc.num_processes, acc.process_index, 0, False).indices()
+        info = {"indices": indices[:2], "batches": seen, "network_sha256": _network_sha(self),
                 "initial_sha256": initial, "scheduler_steps": sched.last_epoch,
                 "lrs": lrs, "max_train_steps": self.max_train_steps,
                 "steps_per_epoch": self.steps_per_epoch}

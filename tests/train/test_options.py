@@ -166,9 +166,12 @@ def test_compat_rejects(changes, fragment):
 
 def test_compat_ignores_with_warnings():
     ns = TrainOptions().replace(fused_backward_pass=True, cpu_offload_checkpointing=True, zero_stage=3,
-                                offload_param_device="cpu", mem_eff_attn=True).namespace()
+                                offload_param_device="cpu", mem_eff_attn=True, highvram=True,
+                                ddp_static_graph=True).namespace()
     notes = check_unsupported(ns)
-    assert len(notes) == 5
+    assert len(notes) == 7
+    assert "--highvram has no effect: sd-train never empties the CUDA cache while caching" in notes
+    assert "--ddp_static_graph is ignored: sd-train averages the network's gradients itself, no DDP hook runs" in notes
     assert any("--fused_backward_pass is ignored" in n for n in notes)
     assert any("--zero_stage is a DeepSpeed option" in n for n in notes)
     assert check_unsupported(TrainOptions().namespace()) == []
