@@ -30,6 +30,9 @@ def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
     if spec.bucket_no_upscale:
         warnings.append(f"{where}: bucket_no_upscale ignores min/max_bucket_reso")
         return
+    if spec.min_bucket_reso < steps:  # sd-train: kohya rounds it to 0 and divides by zero
+        raise UserError(f"{where}: min_bucket_reso {spec.min_bucket_reso} is below bucket_reso_steps {steps} "
+                        f"(it would round down to 0); use at least {steps}")
     if spec.min_bucket_reso % steps:
         spec.min_bucket_reso -= spec.min_bucket_reso % steps
         warnings.append(f"{where}: min_bucket_reso rounded down to {spec.min_bucket_reso}")
