@@ -220,7 +220,7 @@ class Trainer:
                "seed": self.seed, "max_train_steps": self.max_train_steps, "num_train_epochs": self.num_epochs,
                "num_processes": self.accelerator.num_processes, "optimizer": self.optimizer_name,
                "network_args": args}
-        info = self.family.model_info(o.model.pretrained_model_name_or_path)
+        info = self.family.model_info(o.model.pretrained_model_name_or_path, o.model.vae)
         return metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
                                        model_info=info, run=run)
 

@@ -8,6 +8,7 @@ Shared here: long-caption chunking (TRAINING.md §3.1) and re-joining of chunk s
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,6 +16,7 @@ import torch
 
 from library.errors import UserError
 from library.prompt_weights import apply_token_weights, tokenize_chunks_weighted
+from library.safetensors_io import file_model_hashes
 from library.text_conditioning import CHUNK, chunk_token_ids
 
 
@@ -111,16 +113,16 @@ class ModelFamily(abc.ABC):
         conds = self.encode(text_encoders, tokens)
         return Conds(apply_token_weights(conds.context, weights[0]), conds.pooled)
 
-    def model_info(self, path: str) -> dict:
-        """``model_info`` for :mod:`sd_train.metadata`: family, v-param, file name and A1111 hashes."""
-        import os
-
-        from library.safetensors_io import file_model_hashes
-
-        info = {"family": self.name, "v_parameterization": self.v_parameterization,
-                "sd_model_name": os.path.basename(path)}
-        if os.path.isfile(path):
-            info["sd_model_hash"], info["new_sd_model_hash"] = file_model_hashes(path)
+    def model_info(self, path: str, vae_path: str | None = None) -> dict:
+        """``model_info`` for :mod:`sd_train.metadata`: family, v-param, model (and ``--vae``) names and, for
+        local files, their A1111 hashes. A path that does not exist (a hub id) is kept as given (FORMAT.md §5)."""
+        info = {"family": self.name, "v_parameterization": self.v_parameterization}
+        for prefix, p in (("sd_model", path), ("vae", vae_path)):
+            if p is None:
+                continue
+            info[f"{prefix}_name"] = os.path.basename(p) if os.path.exists(p) else p
+            if os.path.isfile(p):
+                info[f"{prefix}_hash"], info[f"new_{prefix}_hash"] = file_model_hashes(p)
         return info
 
     def enable_gradient_checkpointing(self, unet: torch.nn.Module, text_encoders: Sequence = ()) -> None:

@@ -195,3 +195,20 @@ def test_gradient_checkpointing_reaches_trained_text_encoders_and_keeps_the_resu
     b, _ = load_file(tmp_path / "ckpt" / "last.safetensors")
     assert a.keys() == b.keys() and any(k.startswith("lora_te2_") for k in a)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_separate_vae_is_named_and_hashed_in_the_metadata(assets, tmp_path):
+    from safetensors.torch import save_file
+
+    from library.safetensors_io import file_model_hashes
+
+    tensors, _ = load_file(assets[0])
+    vae_file = tmp_path / "my_vae.safetensors"
+    save_file({k: v for k, v in tensors.items() if k.startswith("first_stage_model.")}, str(vae_file))
+    out = tmp_path / "out"
+    assert sdxl_main(_args(assets, out, "--max_train_steps", "1", "--network_train_unet_only",
+                           "--vae", str(vae_file))) == 0
+    meta = read_header(out / "last.safetensors")[1]
+    old, new = file_model_hashes(vae_file)
+    assert (meta["ss_vae_name"], meta["ss_vae_hash"], meta["ss_new_vae_hash"]) == ("my_vae.safetensors", old, new)
+    assert meta["ss_sd_model_name"] == assets[0].name

@@ -158,3 +158,18 @@ def test_modelspec_optional_fields(tmp_path):
     spec = build_modelspec(missing.model, missing.dataset, missing.training, missing.saving, family="sd1",
                            training_started_at=1.0)
     assert "modelspec.thumbnail" not in spec
+
+
+def test_model_info_keeps_hub_ids_and_hashes_local_files(tmp_path):
+    from library.safetensors_io import file_model_hashes
+    from sd_train.families.sdxl import SdxlFamily
+
+    vae = tmp_path / "vae.safetensors"
+    vae.write_bytes(bytes(range(256)) * 5000)
+    old, new = file_model_hashes(vae)
+    info = SdxlFamily().model_info("stabilityai/stable-diffusion-xl-base-1.0", str(vae))
+    assert info == {"family": "sdxl", "v_parameterization": False,
+                    "sd_model_name": "stabilityai/stable-diffusion-xl-base-1.0",
+                    "vae_name": "vae.safetensors", "vae_hash": old, "new_vae_hash": new}
+    assert SdxlFamily().model_info("madebyollin/x") == {"family": "sdxl", "v_parameterization": False,
+                                                       "sd_model_name": "madebyollin/x"}
