@@ -76,9 +76,13 @@ class ModelFamily(abc.ABC):
 
     def load(self, path: str, *, vae_path: str | None = None, dtype=torch.float32,
              device="cpu", mmap: bool = True, unet_dtype: torch.dtype | None = None):
-        """Load UNet, TEs and VAE with :func:`library.checkpoint_io.load_models` (strict, detected)."""
+        """Load UNet, TEs and VAE with :func:`library.checkpoint_io.load_models` (strict, detected); hub ids
+        are fetched first (:mod:`library.hub`)."""
+        from library import hub
         from library.checkpoint_io import load_models
 
+        path = hub.local_path(path, hub.MODEL_FILES)
+        vae_path = vae_path and hub.local_path(vae_path, hub.VAE_FILES)
         return load_models(path, expected_family=self.expected_family, v2=self.v2, dtype=dtype,
                            device=device, vae_path=vae_path, mmap=mmap, unet_dtype=unet_dtype)
 
