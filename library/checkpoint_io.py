@@ -230,7 +230,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         from library.checkpoint_diffusers import load_diffusers_folder
 
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
-        models.unet.to(unet_dtype or dtype)
+        torch.nn.Module.to(models.unet, unet_dtype or dtype)  # diffusers' to() warns needlessly
     else:
         keys, metadata, items = open_tensors(p, mmap=mmap, load_dtypes={dtype, unet_dtype or dtype})
         family = detect_family(keys)

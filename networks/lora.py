@@ -16,7 +16,8 @@ from torch import nn
 
 from library.errors import UserError
 from library.lora_math import lora_scale, max_norm_ratio, merge_delta
-from library.safetensors_io import load_file, save_lora_file
+from library.lora_file import load_tensors
+from library.safetensors_io import save_lora_file
 from networks import _targets as T
 from networks._module import LoRAModule
 
@@ -308,11 +309,7 @@ def _warn_alpha_cast(loras: Sequence[LoRAModule], dtype: torch.dtype) -> None:
 
 def read_weights(file: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a LoRA state dict from ``.safetensors`` or a torch file (``weights_only=True``)."""
-    if str(file).endswith(".safetensors"):
-        return load_file(file)[0]
-    if not os.path.isfile(file):
-        raise UserError(f"{file}: file not found")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    return load_tensors(file)[0]
 
 
 def _as_list(text_encoder) -> list:

@@ -7,12 +7,16 @@ the training schedule. Basic: classifier-free guidance, one image per prompt, no
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from library.errors import UserError
+
+logger = logging.getLogger(__name__)
 SCHEDULERS = {  # kohya sampler name -> diffusers class (ddim is the fallback, kohya-compat)
     "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
     "k_lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler",
@@ -39,6 +43,7 @@ class SamplePrompt:
     sample_sampler: str | None = None
 
 
+_FIELDS = set(SamplePrompt.__dataclass_fields__)
 _CODES = {"w": ("width", int), "h": ("height", int), "d": ("seed", int), "s": ("sample_steps", int),
           "l": ("scale", float), "n": ("negative_prompt", str), "ss": ("sample_sampler", str)}
 
@@ -64,20 +69,47 @@ def _normalize(p: SamplePrompt) -> SamplePrompt:
                    sample_steps=min(1000, max(1, p.sample_steps)))
 
 
-def load_prompts(path: str) -> list[SamplePrompt]:
-    """Read a ``.txt`` / ``.json`` / ``.toml`` sample-prompt file (CLI.md §11)."""
-    text = Path(path).read_text(encoding="utf-8")
+def load_prompts(path: str, warn: bool = False) -> list[SamplePrompt]:
+    """Read a ``.txt`` / ``.json`` / ``.toml`` sample-prompt file (CLI.md §11).
+
+    Keys other than :class:`SamplePrompt`'s are ignored, as kohya does (logged when ``warn``).
+
+    Raises:
+        UserError: the file is missing, unreadable or malformed (one line naming it).
+    """
+    if not Path(path).is_file():
+        raise UserError(f"{path}: sample prompt file not found; fix --sample_prompts")
+    try:
+        prompts, ignored = _parse_prompts(path, Path(path).read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON/TOML syntax, missing or unknown keys
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise UserError(f"{path}: cannot read the sample prompts ({exc.__class__.__name__}: {reason}); "
+                        "see CLI.md §11 for the .txt/.json/.toml formats") from None
+    if warn and ignored:
+        logger.warning("%s: ignored unknown prompt keys: %s", path, ", ".join(sorted(ignored)))
+    return prompts
+
+
+def _parse_prompts(path: str, text: str) -> tuple[list[SamplePrompt], set[str]]:
+    """``(prompts, unknown keys)`` of a prompt file's text."""
+    ignored: set[str] = set()
+
+    def from_dict(d: dict) -> SamplePrompt:
+        ignored.update(set(d) - _FIELDS)
+        return _normalize(SamplePrompt(**{k: v for k, v in d.items() if k in _FIELDS}))
+
     if path.endswith(".json"):
-        items = json.loads(text)
-        return [parse_prompt_line(i) if isinstance(i, str) else _normalize(SamplePrompt(**i)) for i in items]
+        return [parse_prompt_line(i) if isinstance(i, str) else from_dict(i) for i in json.loads(text)], ignored
     if path.endswith(".toml"):
         import tomllib
 
-        doc = tomllib.loads(text)["prompt"]
+        doc = tomllib.loads(text).get("prompt")
+        if not isinstance(doc, dict):
+            raise ValueError("no [prompt] table")
         base = {k: v for k, v in doc.items() if k != "subset"}
-        return [_normalize(SamplePrompt(**{**base, **sub})) for sub in doc.get("subset", [])]
+        return [from_dict({**base, **sub}) for sub in doc.get("subset", [])], ignored
     lines = [ln.strip() for ln in text.splitlines()]
-    return [parse_prompt_line(ln) for ln in lines if ln and not ln.startswith("#")]
+    return [parse_prompt_line(ln) for ln in lines if ln and not ln.startswith("#")], ignored
 
 
 def make_scheduler(name: str | None, v_parameterization: bool):
@@ -136,12 +168,17 @@ def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
     from sd_train.tracking import log_samples
 
     s, sp = trainer.opts.saving, trainer.opts.sampling
+    try:
+        prompts = load_prompts(sp.sample_prompts)  # re-read each time: kohya lets users edit it mid-run
+    except UserError as err:
+        logger.warning("%s; no samples this time", err)
+        return []
     stamp, written, shown = time.strftime("%Y%m%d%H%M%S"), [], []
     vae, parked = trainer.models.vae, device_of(trainer.models.vae)
     vae.to(trainer.accelerator.device)  # kohya-compat: the VAE waits on the CPU after latent caching
     trainer.network.eval()
     try:
-        for index, prompt in enumerate(load_prompts(sp.sample_prompts)):
+        for index, prompt in enumerate(prompts):
             with trainer.accelerator.autocast():  # kohya-compat: fp16/bf16 base weights beside the fp32 network
                 image = generate(trainer.family, trainer.models, prompt, sp.sample_sampler, trainer.accelerator.device)
             path = Path(s.output_dir) / sample_image_name(s.output_name, index=index, timestamp=stamp, epoch=epoch,

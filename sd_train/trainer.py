@@ -96,6 +96,8 @@ class Trainer:
         defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
         self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
                                 bucket_step_multiple=self.family.bucket_step_multiple)
+        if self.opts.sampling.sample_prompts:
+            sampling.load_prompts(self.opts.sampling.sample_prompts, warn=True)  # a bad file fails now, not mid-run
         if process_state(self.opts.training.ddp_timeout).is_main_process:  # only rank 0 writes files
             checkpointing.prepare_output_dir(s.output_dir)
             (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
@@ -129,12 +131,13 @@ class Trainer:
         unet, vae = self.models.unet, self.models.vae
         for module in [unet, vae, *self.models.text_encoders]:
             module.requires_grad_(False).eval()
-        unet.to(device, self.weight_dtype)
+        torch.nn.Module.to(unet, device, self.weight_dtype)  # see the VAE below
         if m.xformers:
             self.family.use_xformers(unet)
         for te in self.models.text_encoders:
             te.to(device, self.weight_dtype if device.type != "cpu" else torch.float32)
-        vae.to(device, torch.float32 if m.no_half_vae else self.weight_dtype)
+        # torch's own to(): diffusers' override warns about fp32-kept modules even when it has none
+        torch.nn.Module.to(vae, device, torch.float32 if m.no_half_vae else self.weight_dtype)
         show, tag = self.accelerator.is_local_main_process, "sdxl" if self.family.name == "sdxl" else "sd"
         for ds in filter(None, (self.dataset, self.val_dataset)):
             if d.cache_latents or d.cache_latents_to_disk:

@@ -84,6 +84,19 @@ def test_load_weights_rank_or_architecture_mismatch_is_a_user_error(tmp_path):
         net.load_weights(str(tmp_path / "xl.safetensors"))
 
 
+def test_load_weights_of_a_non_weights_file_is_one_line(tmp_path):
+    _, _, net = _net()
+    text = tmp_path / "train.toml"
+    text.write_text("network_dim = 4\n")
+    with pytest.raises(UserError) as err:
+        net.load_weights(str(text))
+    message = str(err.value)
+    assert message.startswith(f"{text}: cannot be read as a weights-only torch file (")
+    assert message.endswith("); convert it to .safetensors") and "\n" not in message
+    with pytest.raises(UserError, match="missing.safetensors: file not found"):
+        net.load_weights(str(tmp_path / "missing.safetensors"))
+
+
 def test_create_from_weights_takes_ranks_alphas_and_enables_conv(tmp_path):
     te, unet, net = _net(conv_dim="2", conv_alpha="1")
     sd = {k: v for k, v in net.state_dict().items() if not k.endswith("to_q.alpha")}

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from library.errors import UserError
 from sd_train.families.sd import SdFamily
 from sd_train.families.sdxl import SdxlFamily
 from sd_train.sampling import SamplePrompt, load_prompts, make_scheduler, parse_prompt_line, sampler_for
@@ -43,3 +49,51 @@ def test_sampler_defaults_to_euler_a_for_sdxl_and_ddim_for_sd():
     assert sampler_for(own, "dpmsolver++", SdFamily()) == "heun"
     assert type(make_scheduler(sampler_for(plain, None, SdxlFamily()), False)).__name__ == \
         "EulerAncestralDiscreteScheduler"
+
+
+@pytest.mark.parametrize("name, text, reason", [
+    ("p.json", '[{"prompt": "a",', "JSONDecodeError: Expecting"),
+    ("p.toml", 'prompt = "a"\n', "ValueError: no [prompt] table"),
+    ("p.toml", "[other]\nx = 1\n", "ValueError: no [prompt] table"),
+    ("p.json", '[{"prompt": "a", "width": "wide"}]', "TypeError: "),
+])
+def test_malformed_prompt_files_are_one_line(tmp_path, name, text, reason):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_prompts(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: cannot read the sample prompts ({reason}")
+    assert message.endswith("see CLI.md §11 for the .txt/.json/.toml formats") and "\n" not in message
+
+
+def test_unknown_prompt_keys_are_ignored_like_kohya(tmp_path, caplog):
+    path = tmp_path / "p.json"
+    path.write_text('[{"prompt": "a", "controlnet_image": "c.png", "enum": 3}]')
+    with caplog.at_level(logging.WARNING):
+        assert load_prompts(str(path), warn=True) == [SamplePrompt("a")]
+    assert f"{path}: ignored unknown prompt keys: controlnet_image, enum" in caplog.text
+
+
+def test_missing_prompt_file_fails_before_models_load(assets, tmp_path, capsys, monkeypatch):
+    import library.checkpoint_io as cio
+    from sd_train.sdxl_train_network import main as sdxl_main
+
+    monkeypatch.setattr(cio, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
+    ckpt, toml = assets
+    code = sdxl_main(["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml),
+                      "--output_dir", str(tmp_path / "o"), "--network_module", "networks.lora",
+                      "--sample_prompts", str(tmp_path / "nofile.txt"), "--max_data_loader_n_workers", "0"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'nofile.txt'}: sample prompt file not found; fix --sample_prompts")
+
+
+def test_prompt_file_broken_mid_run_skips_those_samples(tmp_path, caplog):
+    from sd_train.sampling import sample_during_training
+
+    opts = SimpleNamespace(saving=SimpleNamespace(output_dir=str(tmp_path), output_name="x"),
+                           sampling=SimpleNamespace(sample_prompts=str(tmp_path / "gone.txt"), sample_sampler=None))
+    with caplog.at_level(logging.WARNING):
+        assert sample_during_training(SimpleNamespace(opts=opts), epoch=None, step=3) == []
+    assert "gone.txt: sample prompt file not found; fix --sample_prompts; no samples this time" in caplog.text
