@@ -141,7 +141,11 @@ def build_optimizer(param_groups: list, optimizer_type: str, learning_rate: floa
         lr = _adafactor_kwargs(kwargs, lr)
     if cls.__name__.startswith("DAdapt") or cls.__name__ == "Prodigy":
         _warn_adaptive(cls.__name__, learning_rate, list(param_groups))
-    optimizer = cls(param_groups, lr=lr, **kwargs, **extra)
+    try:
+        optimizer = cls(param_groups, lr=lr, **kwargs, **extra)
+    except (TypeError, ValueError) as exc:  # e.g. an unknown --optimizer_args key, a negative learning rate
+        raise UserError(f"--optimizer_type {optimizer_type or 'AdamW'}: {_first_line(exc)}; "
+                        "check --learning_rate and --optimizer_args") from exc
     if callable(getattr(optimizer, "train", None)):
         optimizer.train()  # schedule-free optimizers start in train mode
     description = f"{cls.__module__}.{cls.__name__}"
@@ -184,6 +188,10 @@ _DIFFUSERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
 _TRANSFORMERS = ("inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+
+
 def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup_steps: int | float = 0,
                     num_decay_steps: int | float = 0, num_cycles: int = 1, power: float = 1.0,
                     timescale: int | None = None, min_lr_ratio: float | None = None, scheduler_type: str = "",
@@ -211,7 +219,15 @@ def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup
         if warmup:
             raise UserError(f"--lr_scheduler_type {scheduler_type} cannot use --lr_warmup_steps; set it to 0")
         module, _, cls = scheduler_type.rpartition(".")
-        return import_class(module, cls)(optimizer, **kwargs)
+        try:
+            return import_class(module, cls)(optimizer, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"--lr_scheduler_type {scheduler_type}: {_first_line(exc)}; "
+                            "check --lr_scheduler_args") from exc
+    unused = sorted(set(kwargs) - {"step_rules"})
+    if unused:  # kohya would fail with a TypeError; never ignore them silently
+        raise UserError(f"--lr_scheduler_args {', '.join(unused)}: --lr_scheduler {name} takes no such argument "
+                        "(only step_rules, for piecewise_constant); use --lr_scheduler_type for a custom class")
     if type(optimizer).__module__.startswith("schedulefree"):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # schedule-free: no-op
     if name.startswith("adafactor"):

@@ -64,6 +64,17 @@ def _lycoris_without_bypass(v: dict, entry: str) -> bool:
     return args.get("bypass_mode", "false").lower() == "false"
 
 
+def _negative_lr(v: dict, entry: str) -> bool:
+    rates = [v["learning_rate"], v["unet_lr"], *(v["text_encoder_lr"] or [])]
+    return any(r is not None and r < 0 for r in rates)
+
+
+def _bad_timesteps(v: dict, entry: str) -> bool:
+    lo = 0 if v["min_timestep"] is None else v["min_timestep"]
+    hi = 1000 if v["max_timestep"] is None else v["max_timestep"]
+    return not (0 <= lo <= hi <= 1000 and lo < 1000)
+
+
 def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
     """``(level, condition(values, entry), message)`` for every rule, in CLI.md §5.12 order."""
     return [
@@ -112,6 +123,15 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
          "--torch_compile with --dynamo_backend no compiles nothing; pick a backend (default inductor) or drop "
          "--torch_compile"),
         ("error", lambda v, e: v["max_nan_steps"] < 1, "--max_nan_steps must be at least 1"),
+        ("error", lambda v, e: v["network_dim"] is not None and v["network_dim"] < 1, "--network_dim must be at least 1"),
+        ("error", lambda v, e: v["train_batch_size"] < 1, "--train_batch_size must be at least 1"),
+        ("error", lambda v, e: v["gradient_accumulation_steps"] < 1, "--gradient_accumulation_steps must be at least 1"),
+        ("error", _negative_lr, "--learning_rate, --unet_lr and --text_encoder_lr must not be negative"),
+        ("error", lambda v, e: v["max_grad_norm"] < 0, "--max_grad_norm must not be negative (0 turns clipping off)"),
+        ("error", lambda v, e: v["network_dropout"] is not None and not 0 <= v["network_dropout"] <= 1,
+         "--network_dropout must be between 0 and 1"),
+        ("error", _bad_timesteps, "--min_timestep / --max_timestep must satisfy 0 <= min <= max <= 1000 "
+                                  "(min below 1000; t is drawn from [min, max))"),
         ("error", _both("network_train_unet_only", "network_train_text_encoder_only"),  # sd-train:
          "--network_train_unet_only and --network_train_text_encoder_only cannot both be set"),
         ("error", lambda v, e: v["lr_scheduler"] == "constant" and v["lr_warmup_steps"] not in (0, 0.0),

@@ -179,3 +179,24 @@ def test_constant_with_warmup_is_an_error_and_custom_type():
     with pytest.raises(UserError, match="--lr_warmup_steps"):
         build_scheduler(opt, "constant", num_training_steps=N, num_warmup_steps=3,
                         scheduler_type="torch.optim.lr_scheduler.StepLR", scheduler_args=["step_size=2"])
+
+
+def test_bad_optimizer_arguments_are_one_line():
+    with pytest.raises(UserError) as err:
+        build_optimizer(_params(), "AdamW", LR, ["foo=1"])
+    assert str(err.value) == ("--optimizer_type AdamW: AdamW.__init__() got an unexpected keyword argument 'foo'; "
+                              "check --learning_rate and --optimizer_args")
+    with pytest.raises(UserError, match="^--optimizer_type Lion: .*check --learning_rate and --optimizer_args$"):
+        build_optimizer(_params(), "Lion", LR, ["betas=0.9"])
+
+
+def test_scheduler_arguments_are_used_or_refused():
+    opt = torch.optim.SGD(_params(), lr=LR)
+    with pytest.raises(UserError) as err:
+        build_scheduler(opt, "cosine", num_training_steps=N, scheduler_args=["foo=1", "bar=2"])
+    assert str(err.value) == ("--lr_scheduler_args bar, foo: --lr_scheduler cosine takes no such argument (only "
+                              "step_rules, for piecewise_constant); use --lr_scheduler_type for a custom class")
+    with pytest.raises(UserError, match="^--lr_scheduler_type torch.optim.lr_scheduler.StepLR: .*step_size"):
+        build_scheduler(opt, "constant", num_training_steps=N, scheduler_type="torch.optim.lr_scheduler.StepLR")
+    sched = build_scheduler(opt, "piecewise_constant", num_training_steps=N, scheduler_args=["step_rules='1:10,0.5'"])
+    assert [round(sched.lr_lambdas[0](s), 3) for s in (0, 9, 10, 50)] == [1.0, 1.0, 0.5, 0.5]

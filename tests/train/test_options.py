@@ -91,6 +91,16 @@ ERRORS = [
     (dict(initial_epoch=5, max_train_epochs=4), "--initial_epoch must not exceed --max_train_epochs"),
     (dict(v2=True), "--v2 is for SD 2.x models"),
     (dict(max_nan_steps=0), "--max_nan_steps must be at least 1"),
+    (dict(network_dim=0), "--network_dim must be at least 1"),
+    (dict(train_batch_size=0), "--train_batch_size must be at least 1"),
+    (dict(gradient_accumulation_steps=0), "--gradient_accumulation_steps must be at least 1"),
+    (dict(learning_rate=-1.0), "--learning_rate, --unet_lr and --text_encoder_lr must not be negative"),
+    (dict(text_encoder_lr=[1e-4, -1e-5]), "--learning_rate, --unet_lr and --text_encoder_lr must not be negative"),
+    (dict(max_grad_norm=-1.0), "--max_grad_norm must not be negative"),
+    (dict(network_dropout=2.0), "--network_dropout must be between 0 and 1"),
+    (dict(min_timestep=500, max_timestep=100), "--min_timestep / --max_timestep must satisfy"),
+    (dict(max_timestep=1001), "--min_timestep / --max_timestep must satisfy"),
+    (dict(min_timestep=1000), "--min_timestep / --max_timestep must satisfy"),
     (dict(torch_compile=True, dynamo_backend="no"), "--torch_compile with --dynamo_backend no compiles nothing"),
     (dict(base_weights=["a"], base_weights_multiplier=[1.0, 2.0]), "--base_weights_multiplier"),
     (dict(use_8bit_adam=True, optimizer_type="Lion"), "--use_8bit_adam and --optimizer_type Lion"),
@@ -101,6 +111,11 @@ ERRORS = [
 def test_error_rules(changes, fragment):
     with pytest.raises(UserError, match=fragment.replace("(", r"\(")):
         _validate(**changes)
+
+
+def test_edge_values_that_are_valid():
+    assert _validate(min_timestep=500, max_timestep=500, network_dim=1, max_grad_norm=0.0, network_dropout=0.0) == []
+    assert _validate(min_timestep=0, max_timestep=1000, learning_rate=0.0, text_encoder_lr=[0.0, 1e-5]) == []
 
 
 def test_sd_bucket_steps_need_64_and_v2_ok():
