@@ -21,6 +21,12 @@ class UserError(Exception):
         self.exit_code = exit_code
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when the message is empty)."""
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else exc.__class__.__name__
+
+
 def run_cli(main_fn, argv=None) -> int:
     """Run ``main_fn(argv)`` turning :class:`UserError` into one stderr line and an exit code.
 

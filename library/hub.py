@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from library.errors import UserError
+from library.errors import UserError, first_line
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -42,9 +42,8 @@ def local_path(value: str, files: list[str]) -> str:
     try:
         folder = snapshot_download(value, allow_patterns=files)
     except Exception as exc:  # network, auth and "not found" errors all end the same way
-        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         raise UserError(f"{value}: not a local file or folder, and fetching it from the Hugging Face Hub failed "
-                        f"({reason}); pass a local .safetensors file or diffusers folder") from None
+                        f"({first_line(exc)}); pass a local .safetensors file or diffusers folder") from None
     found = [f for f in files if f.endswith(".safetensors") and os.path.isfile(os.path.join(folder, f))]
     if not found:
         raise UserError(f"{value}: the Hugging Face Hub repository has no diffusers .safetensors weights "

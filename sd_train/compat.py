@@ -62,7 +62,8 @@ def _table() -> tuple[Unsupported, ...]:
         Unsupported("cpu_offload_checkpointing", IGNORE,
                     "--cpu_offload_checkpointing is ignored: kohya implements it only for DiT models"),
         Unsupported("mem_eff_attn", INFO, "--mem_eff_attn: using PyTorch SDPA attention"),
-        Unsupported("highvram", IGNORE, "--highvram has no effect: sd-train never empties the CUDA cache while caching"),
+        Unsupported("highvram", IGNORE,
+                    "--highvram has no effect: sd-train never empties the CUDA cache while caching"),
     ]
     rows += [Unsupported(f, IGNORE, f"--{f} is ignored: sd-train averages the network's gradients itself, "
                                     "no DDP hook runs") for f in ("ddp_gradient_as_bucket_view", "ddp_static_graph")]

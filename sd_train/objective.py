@@ -7,9 +7,9 @@ import random
 
 import torch
 
+from library.errors import UserError
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
-from library.errors import UserError
 from sd_train import preservation
 from sd_train.options.model import DYNAMO_BACKENDS
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from library.errors import UserError
+from library.errors import UserError, first_line
 from sd_train.options.base import resolve_step_count
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def build_optimizer(param_groups: list, optimizer_type: str, learning_rate: floa
     try:
         optimizer = cls(param_groups, lr=lr, **kwargs, **extra)
     except (TypeError, ValueError) as exc:  # e.g. an unknown --optimizer_args key, a negative learning rate
-        raise UserError(f"--optimizer_type {optimizer_type or 'AdamW'}: {_first_line(exc)}; "
+        raise UserError(f"--optimizer_type {optimizer_type or 'AdamW'}: {first_line(exc)}; "
                         "check --learning_rate and --optimizer_args") from exc
     if callable(getattr(optimizer, "train", None)):
         optimizer.train()  # schedule-free optimizers start in train mode
@@ -188,10 +188,6 @@ _DIFFUSERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
 _TRANSFORMERS = ("inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-
-
 def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup_steps: int | float = 0,
                     num_decay_steps: int | float = 0, num_cycles: int = 1, power: float = 1.0,
                     timescale: int | None = None, min_lr_ratio: float | None = None, scheduler_type: str = "",
@@ -222,7 +218,7 @@ def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup
         try:
             return import_class(module, cls)(optimizer, **kwargs)
         except (TypeError, ValueError) as exc:
-            raise UserError(f"--lr_scheduler_type {scheduler_type}: {_first_line(exc)}; "
+            raise UserError(f"--lr_scheduler_type {scheduler_type}: {first_line(exc)}; "
                             "check --lr_scheduler_args") from exc
     unused = sorted(set(kwargs) - {"step_rules"})
     if unused:  # kohya would fail with a TypeError; never ignore them silently

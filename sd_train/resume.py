@@ -19,7 +19,7 @@ from safetensors.torch import save_file as save_safetensors
 
 from accelerate.utils import gather_object
 
-from library.errors import UserError
+from library.errors import UserError, first_line
 from sd_train import checkpointing
 from sd_train import noise as noise_lib
 
@@ -61,7 +61,7 @@ def _safe_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise UserError(f"{path}: cannot be loaded without unpickling code ({str(exc).splitlines()[0]}); "
+        raise UserError(f"{path}: cannot be loaded without unpickling code ({first_line(exc)}); "
                         "sd-train loads only tensor data from state folders") from exc
 
 
@@ -86,7 +86,7 @@ def load_accelerate_files(acc, network, optimizer, lr_scheduler, folder: Path) -
     try:
         acc.unwrap_model(network).load_state_dict(weights)
     except RuntimeError as exc:
-        raise UserError(f"--resume {model_path}: its weights do not fit this network ({str(exc).splitlines()[0]}); "
+        raise UserError(f"--resume {model_path}: its weights do not fit this network ({first_line(exc)}); "
                         "use the same --network_module/--network_dim/--network_args as the saved run") from exc
     for name, target in (("optimizer.bin", optimizer), ("scheduler.bin", lr_scheduler)):
         if not (folder / name).is_file():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from library.errors import UserError
+from library.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 SCHEDULERS = {  # kohya sampler name -> diffusers class (ddim is the fallback, kohya-compat)
@@ -82,8 +82,7 @@ def load_prompts(path: str, warn: bool = False) -> list[SamplePrompt]:
     try:
         prompts, ignored = _parse_prompts(path, Path(path).read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON/TOML syntax, missing or unknown keys
-        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        raise UserError(f"{path}: cannot read the sample prompts ({exc.__class__.__name__}: {reason}); "
+        raise UserError(f"{path}: cannot read the sample prompts ({exc.__class__.__name__}: {first_line(exc)}); "
                         "see CLI.md §11 for the .txt/.json/.toml formats") from None
     if warn and ignored:
         logger.warning("%s: ignored unknown prompt keys: %s", path, ", ".join(sorted(ignored)))

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from library.errors import UserError
+from library.errors import UserError, first_line
 from library.prompt_weights import apply_token_weights, tokenize_chunks_weighted
 from library.safetensors_io import file_model_hashes
 from library.text_conditioning import CHUNK, chunk_token_ids
@@ -151,7 +151,7 @@ class ModelFamily(abc.ABC):
         try:
             unet.enable_xformers_memory_efficient_attention()
         except (ImportError, ValueError) as exc:
-            raise UserError(f"--xformers: {str(exc).splitlines()[0]}; use --sdpa") from None
+            raise UserError(f"--xformers: {first_line(exc)}; use --sdpa") from None
 
     def latent_encoder(self, vae: torch.nn.Module, device, generator: torch.Generator):
         """``images (B, 3, H, W) in [−1, 1] -> unscaled latents (B, 4, H/8, W/8)`` float32 on the CPU.

@@ -49,4 +49,5 @@ class ModelOptions:
     cpu_offload_checkpointing: bool = flag("kohya: DiT models only; ignored for SD/SDXL with a warning")
     no_half_vae: bool = flag("Keep the VAE in fp32 under mixed precision (avoids NaN latents with SDXL)", common=True)
     disable_mmap_load_safetensors: bool = opt(
-        False, "Read the checkpoint tensor by tensor even when no cast is needed (a cast always does)", flag=True, sdxl_only=True)
+        False, "Read the checkpoint tensor by tensor even when no cast is needed (a cast always does)",
+        flag=True, sdxl_only=True)

@@ -123,9 +123,11 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
          "--torch_compile with --dynamo_backend no compiles nothing; pick a backend (default inductor) or drop "
          "--torch_compile"),
         ("error", lambda v, e: v["max_nan_steps"] < 1, "--max_nan_steps must be at least 1"),
-        ("error", lambda v, e: v["network_dim"] is not None and v["network_dim"] < 1, "--network_dim must be at least 1"),
+        ("error", lambda v, e: v["network_dim"] is not None and v["network_dim"] < 1,
+         "--network_dim must be at least 1"),
         ("error", lambda v, e: v["train_batch_size"] < 1, "--train_batch_size must be at least 1"),
-        ("error", lambda v, e: v["gradient_accumulation_steps"] < 1, "--gradient_accumulation_steps must be at least 1"),
+        ("error", lambda v, e: v["gradient_accumulation_steps"] < 1,
+         "--gradient_accumulation_steps must be at least 1"),
         ("error", _negative_lr, "--learning_rate, --unet_lr and --text_encoder_lr must not be negative"),
         ("error", lambda v, e: v["max_grad_norm"] < 0, "--max_grad_norm must not be negative (0 turns clipping off)"),
         ("error", lambda v, e: v["network_dropout"] is not None and not 0 <= v["network_dropout"] <= 1,
