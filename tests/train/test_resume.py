@@ -64,3 +64,34 @@ def test_resume_with_changed_options_is_refused(tmp_path, capsys):
     code = sdxl_main(_args(ckpt, toml, tmp_path / "b", "--resume", str(tmp_path / "a" / "last-state"),
                            "--seed", "4"))
     assert code == 2 and "different options" in capsys.readouterr().err
+
+
+def test_resume_across_epochs_with_accumulation_workers_and_caption_randomness(tmp_path, deterministic):
+    """6 steps == 3 + resume + 3 with gradient accumulation 2, an epoch boundary before the resume point
+    and after it, random captions and flips decoded in two persistent DataLoader workers."""
+    from tools.make_sample_dataset import make_sample_dataset
+    from tools.make_tiny_model import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint("sdxl", tmp_path / "tiny.safetensors")
+    sample = make_sample_dataset(tmp_path / "data")
+    image_dir = next(p for p in sample.parent.iterdir() if p.is_dir()).as_posix()
+    toml = tmp_path / "random.toml"
+    toml.write_text(
+        "[general]\nshuffle_caption = true\ncaption_dropout_rate = 0.3\nflip_aug = true\ncaption_extension = '.txt'\n"
+        "[[datasets]]\nresolution = 64\nbatch_size = 2\nenable_bucket = true\nmin_bucket_reso = 32\n"
+        f"max_bucket_reso = 128\nbucket_reso_steps = 32\n[[datasets.subsets]]\nimage_dir = '{image_dir}'\n"
+        "num_repeats = 1\nclass_tokens = 'sks shape'\n", encoding="utf-8")
+    extra = ["--max_train_steps", "6", "--gradient_accumulation_steps", "2", "--max_data_loader_n_workers", "2",
+             "--persistent_data_loader_workers"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert sdxl_main(_args(ckpt, toml, full, *extra, "--save_every_n_steps", "3", "--save_state")) == 0
+    state = full / "at-step00000003-state"
+    info = json.loads((state / "train_state.json").read_text())
+    progress = info["sd_train"]
+    assert info["current_step"] == 3 and progress["epoch_index"] == 1 and progress["batch_index_in_epoch"] > 0  # mid
+    assert progress["num_train_epochs"] == 3  # ... of the second epoch, a third one after the resume
+    assert sdxl_main(_args(ckpt, toml, resumed, *extra, "--resume", str(state))) == 0
+    a, _ = load_file(full / "last.safetensors")
+    b, meta = load_file(resumed / "last.safetensors")
+    assert meta["ss_steps"] == "6"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
