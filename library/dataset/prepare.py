@@ -324,7 +324,12 @@ def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
     """
     train, validation, warnings = [], [], list(plan.warnings)
     for i, spec in enumerate(plan.datasets):
-        ds, vds = prepare_dataset(spec, i, plan, seed, bucket_step_multiple)
+        try:
+            ds, vds = prepare_dataset(spec, i, plan, seed, bucket_step_multiple)
+        except UserError as err:  # "datasets[i]: ..." also names the dataset TOML it came from
+            if plan.mode != "config" or not str(err).startswith("datasets["):
+                raise
+            raise UserError(f"{plan.source} {err}", err.exit_code) from None
         train.append(ds)
         warnings += ds.warnings
         if vds is not None:

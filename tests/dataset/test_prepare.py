@@ -53,10 +53,11 @@ def test_bucket_settings_checks(tmp_path, make_folder, write_toml):
     spec = data.train[0].spec
     assert (spec.min_bucket_reso, spec.max_bucket_reso) == (96, 1024)
     assert any("rounded down to 96" in w for w in data.warnings)
+    path = _toml(write_toml, tmp_path, "enable_bucket = true\nmin_bucket_reso = 32")
     with pytest.raises(UserError) as err:
-        _prep(_toml(write_toml, tmp_path, "enable_bucket = true\nmin_bucket_reso = 32"))
-    assert str(err.value) == ("datasets[0]: min_bucket_reso 32 is below bucket_reso_steps 64 (it would round down "
-                              "to 0); use at least 64")
+        _prep(path)
+    assert str(err.value) == (f"{path} datasets[0]: min_bucket_reso 32 is below bucket_reso_steps 64 (it would "
+                              "round down to 0); use at least 64")
     with pytest.raises(UserError, match="max_bucket_reso 128 must be >= max"):
         _prep(_toml(write_toml, tmp_path, "enable_bucket = true\nmax_bucket_reso = 128"))
 
