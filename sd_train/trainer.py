@@ -94,8 +94,10 @@ class Trainer:
         """Plan, scan and bucket the dataset; print and write its report before any model loads."""
         flat, s = self.opts.flat(), self.opts.saving
         defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
+        d = self.opts.dataset
         self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
-                                bucket_step_multiple=self.family.bucket_step_multiple)
+                                bucket_step_multiple=self.family.bucket_step_multiple,
+                                latents_cached=d.cache_latents or d.cache_latents_to_disk)
         if self.opts.sampling.sample_prompts:
             sampling.load_prompts(self.opts.sampling.sample_prompts, warn=True)  # a bad file fails now, not mid-run
         if process_state(self.opts.training.ddp_timeout).is_main_process:  # only rank 0 writes files

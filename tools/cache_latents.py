@@ -93,7 +93,8 @@ def build_datasets(args: argparse.Namespace, seed: int, dataset_seed: int) -> li
     """The training (and validation, if split) datasets of the flags, planned and bucketed like training."""
     values = vars(args)
     defaults = CliDefaults(**{f.name: values[f.name] for f in fields(CliDefaults)})
-    prepared = prepare(build_plan(defaults), seed=seed, is_sdxl=args.sdxl, bucket_step_multiple=32 if args.sdxl else 64)
+    prepared = prepare(build_plan(defaults), seed=seed, is_sdxl=args.sdxl, bucket_step_multiple=32 if args.sdxl else 64,
+                       latents_cached=True)
     print(prepared.format_report())
     sets = [prepared.train] + ([prepared.validation] if prepared.validation else [])
     return [BucketBatchDataset(p, dataset_seed=dataset_seed) for p in sets]

@@ -36,6 +36,8 @@ def setup_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{f.name}", type=_flag_type(default), default=default)
     p.add_argument("--sdxl", action="store_true", help="SDXL rules: bucket steps multiple of 32, "
                    "'sdxl' cache names")
+    p.add_argument("--cache_latents", action="store_true", help="the run caches latents: without bucketing, "
+                   "images are then resized to the resolution instead of having to match it")
     p.add_argument("--seed", type=int, default=42, help="seed for the validation split fallback")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     defaults = CliDefaults(**{k: v for k, v in vars(args).items() if k in names})
     plan = build_plan(defaults)
     data = prepare(plan, seed=args.seed, bucket_step_multiple=32 if args.sdxl else 64,
-                   is_sdxl=args.sdxl)
+                   is_sdxl=args.sdxl, latents_cached=args.cache_latents)
     if args.json:
         print(json.dumps(data.report(), indent=1))
     else:

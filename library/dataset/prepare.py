@@ -11,40 +11,11 @@ import os
 from library.dataset import buckets as bk
 from library.dataset import scan
 from library.dataset.captions import CaptionOptions, count_tags
+from library.dataset.checks import check_bucket_settings, check_fixed_size
 from library.dataset.records import ImageRecord, PreparedDataset, SubsetStats
 from library.dataset.specs import DatasetPlan, DatasetSpec, SubsetSpec
 from library.dataset.split import balance_reg, split_validation
 from library.errors import UserError
-
-
-def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
-                          warnings: list[str]) -> None:
-    """Validate/round the bucket settings of one dataset in place (DATASET.md §3.1)."""
-    where = f"datasets[{index}]"
-    steps = spec.bucket_reso_steps
-    if steps <= 0 or steps % step_multiple:
-        raise UserError(f"{where}.bucket_reso_steps = {steps}: must be a multiple of "
-                        f"{step_multiple} for this model")
-    if not spec.enable_bucket:
-        return
-    if spec.bucket_no_upscale:
-        warnings.append(f"{where}: bucket_no_upscale ignores min/max_bucket_reso")
-        return
-    if spec.min_bucket_reso < steps:  # sd-train: kohya rounds it to 0 and divides by zero
-        raise UserError(f"{where}: min_bucket_reso {spec.min_bucket_reso} is below bucket_reso_steps {steps} "
-                        f"(it would round down to 0); use at least {steps}")
-    if spec.min_bucket_reso % steps:
-        spec.min_bucket_reso -= spec.min_bucket_reso % steps
-        warnings.append(f"{where}: min_bucket_reso rounded down to {spec.min_bucket_reso}")
-    if spec.max_bucket_reso % steps:
-        spec.max_bucket_reso += steps - spec.max_bucket_reso % steps
-        warnings.append(f"{where}: max_bucket_reso rounded up to {spec.max_bucket_reso}")
-    if spec.min_bucket_reso > min(spec.resolution):
-        raise UserError(f"{where}: min_bucket_reso {spec.min_bucket_reso} must be <= "
-                        f"min(resolution) {min(spec.resolution)}")
-    if spec.max_bucket_reso < max(spec.resolution):
-        raise UserError(f"{where}: max_bucket_reso {spec.max_bucket_reso} must be >= "
-                        f"max(resolution) {max(spec.resolution)}")
 
 
 def _orphans(sub: SubsetSpec, images: list[str]) -> list[str]:
@@ -213,7 +184,7 @@ def _split(spec: DatasetSpec, records: list[ImageRecord], seed: int, warnings: l
 
 
 def prepare_dataset(spec: DatasetSpec, index: int, plan: DatasetPlan, seed: int,
-                    step_multiple: int) -> tuple[PreparedDataset, PreparedDataset | None]:
+                    step_multiple: int, latents_cached: bool = False) -> tuple[PreparedDataset, PreparedDataset | None]:
     """Pre-pass of one dataset: returns the training dataset and its validation twin or None."""
     warnings: list[str] = []
     check_bucket_settings(spec, index, step_multiple, warnings)
@@ -225,6 +196,8 @@ def prepare_dataset(spec: DatasetSpec, index: int, plan: DatasetPlan, seed: int,
         dirs = ", ".join(s.image_dir or s.metadata_file for s in spec.subsets)
         raise UserError(f"datasets[{index}]: no images found in {dirs} (extensions: "
                         f"{' '.join(scan.image_extensions())})")
+    if not spec.enable_bucket and not latents_cached:
+        check_fixed_size(spec, records, index)
     if any(r.is_reg for r in records) and spec.kind == "FT":
         raise UserError(f"datasets[{index}]: regularization subsets need a DreamBooth dataset")
     train, val = _split(spec, records, seed, warnings)
@@ -310,7 +283,7 @@ class PreparedData:
 
 
 def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
-            is_sdxl: bool) -> PreparedData:
+            is_sdxl: bool, latents_cached: bool = False) -> PreparedData:
     """Scan, check, split, balance and bucket every dataset of ``plan`` (no model needed).
 
     Args:
@@ -318,6 +291,7 @@ def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
         seed: the run seed (validation split fallback seed).
         bucket_step_multiple: 32 for SDXL, 64 for SD1/2.
         is_sdxl: the model family (kept on the result for cache file names).
+        latents_cached: latents will be cached (images are then resized to fit, even without bucketing).
 
     Raises:
         UserError: a bad image, caption file, bucket setting or an empty dataset.
@@ -325,7 +299,7 @@ def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
     train, validation, warnings = [], [], list(plan.warnings)
     for i, spec in enumerate(plan.datasets):
         try:
-            ds, vds = prepare_dataset(spec, i, plan, seed, bucket_step_multiple)
+            ds, vds = prepare_dataset(spec, i, plan, seed, bucket_step_multiple, latents_cached)
         except UserError as err:  # "datasets[i]: ..." also names the dataset TOML it came from
             if plan.mode != "config" or not str(err).startswith("datasets["):
                 raise

@@ -149,20 +149,32 @@ resolution = 64
     assert b["crop_top_lefts"].tolist() == [[0, 0]]
 
 
-def test_no_bucket_too_large_error(tmp_path, make_image, write_toml):
+def test_no_bucket_sizes_are_checked_in_the_prepass(tmp_path, make_image, write_toml):
     make_image(tmp_path / "n" / "a.png", (80, 64))
-    path = write_toml(f"""
+    toml = """
 [[datasets]]
 resolution = 64
   [[datasets.subsets]]
-  image_dir = "{tmp_path}/n"
-""")
-    data = prepare(build_plan(CliDefaults(dataset_config=path)), seed=0, bucket_step_multiple=64,
-                   is_sdxl=False)
-    ds = BucketBatchDataset(data.train, dataset_seed=0)
-    with pytest.raises(UserError, match=r"a\.png: image too large, but cropping and bucketing "
-                                        "are disabled"):
-        ds[0]
+  image_dir = "{dir}"
+  {extra}
+"""
+    path = write_toml(toml.format(dir=f"{tmp_path}/n", extra=""))
+    with pytest.raises(UserError) as err:
+        prepare(build_plan(CliDefaults(dataset_config=path)), seed=0, bucket_step_multiple=64, is_sdxl=False)
+    assert str(err.value) == (f"{tmp_path}/n/a.png: image too large (80x64 > resolution 64x64), but cropping and "
+                              "bucketing are disabled (datasets[0]); enable_bucket or random_crop, or resize the image")
+    # cached latents resize every image to the resolution, so the pre-pass lets it through
+    data = prepare(build_plan(CliDefaults(dataset_config=path)), seed=0, bucket_step_multiple=64, is_sdxl=False,
+                   latents_cached=True)
+    with pytest.raises(UserError, match=r"a\.png: image too large, but cropping and bucketing are disabled"):
+        BucketBatchDataset(data.train, dataset_seed=0)[0]  # decoding it uncached still refuses
+    crop = write_toml(toml.format(dir=f"{tmp_path}/n", extra="random_crop = true"))
+    data = prepare(build_plan(CliDefaults(dataset_config=crop)), seed=0, bucket_step_multiple=64, is_sdxl=False)
+    assert BucketBatchDataset(data.train, dataset_seed=0)[0]["images"].shape == (1, 3, 64, 64)
+    make_image(tmp_path / "s" / "b.png", (64, 48))
+    small = write_toml(toml.format(dir=f"{tmp_path}/s", extra="random_crop = true"))
+    with pytest.raises(UserError, match=r"b\.png: image is 64x48, smaller than resolution 64x64 \(datasets\[0\]\)"):
+        prepare(build_plan(CliDefaults(dataset_config=small)), seed=0, bucket_step_multiple=64, is_sdxl=False)
 
 
 def test_dataloader_with_workers_matches(tmp_path, make_folder, write_toml):

@@ -58,6 +58,11 @@ def test_bucket_settings_checks(tmp_path, make_folder, write_toml):
         _prep(path)
     assert str(err.value) == (f"{path} datasets[0]: min_bucket_reso 32 is below bucket_reso_steps 64 (it would "
                               "round down to 0); use at least 64")
+    with pytest.raises(UserError, match=r"datasets\[0\]: batch_size 0 must be at least 1"):
+        _prep(_toml(write_toml, tmp_path, "batch_size = 0"))
+    zero = write_toml(f'[[datasets]]\nresolution = [0, 64]\n[[datasets.subsets]]\nimage_dir = "{tmp_path}/a"\n')
+    with pytest.raises(UserError, match=r"datasets\[0\]: resolution 0x64 must be positive"):
+        _prep(zero)
     with pytest.raises(UserError, match="max_bucket_reso 128 must be >= max"):
         _prep(_toml(write_toml, tmp_path, "enable_bucket = true\nmax_bucket_reso = 128"))
 

@@ -84,3 +84,12 @@ def test_check_dataset_tool_error_one_line(tmp_path, write_toml, capsys):
     assert run_cli(check_dataset.main, ["--dataset_config", path]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'imagedir'. Did you mean 'image_dir'?" in err
+
+
+def test_check_dataset_applies_the_no_bucket_size_rule_unless_latents_are_cached(tmp_path, make_folder, write_toml,
+                                                                                   capsys):
+    make_folder("a", [(96, 64)])
+    path = write_toml(f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "{tmp_path}/a"\n')
+    assert run_cli(check_dataset.main, ["--dataset_config", path]) == 2
+    assert "img00.png: image too large (96x64 > resolution 64x64)" in capsys.readouterr().err
+    assert run_cli(check_dataset.main, ["--dataset_config", path, "--cache_latents"]) == 0
