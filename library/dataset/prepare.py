@@ -28,7 +28,7 @@ def _orphans(sub: SubsetSpec, images: list[str]) -> list[str]:
 
 
 def _conditioning(sub: SubsetSpec, images: list[str]) -> dict[str, str]:
-    conds = scan.list_images(sub.conditioning_data_dir)
+    conds = scan.list_images(sub.conditioning_data_dir, "conditioning_data_dir")
     by_stem = {os.path.splitext(os.path.basename(p))[0]: p for p in conds}
     stems = {os.path.splitext(os.path.basename(p))[0] for p in images}
     missing = sorted(stems - set(by_stem))
@@ -200,6 +200,9 @@ def prepare_dataset(spec: DatasetSpec, index: int, plan: DatasetPlan, seed: int,
         check_fixed_size(spec, records, index)
     if any(r.is_reg for r in records) and spec.kind == "FT":
         raise UserError(f"datasets[{index}]: regularization subsets need a DreamBooth dataset")
+    if all(r.is_reg for r in records):
+        raise UserError(f"datasets[{index}]: every subset is regularization (is_reg = true); add a subset of "
+                        "training images")
     train, val = _split(spec, records, seed, warnings)
     if not any(not r.is_reg for r in train):
         raise UserError(f"datasets[{index}]: validation_split {spec.validation_split} leaves no "

@@ -24,10 +24,11 @@ def image_extensions() -> tuple[str, ...]:
     return BASE_EXTENSIONS + extra
 
 
-def list_images(image_dir: str) -> list[str]:
-    """Image files directly in ``image_dir`` (any case), de-duplicated, sorted by path string."""
+def list_images(image_dir: str, key: str = "image_dir") -> list[str]:
+    """Image files directly in ``image_dir`` (any case), de-duplicated, sorted by path string; ``key`` names
+    the setting in the not-found error."""
     if not os.path.isdir(image_dir):
-        raise UserError(f"{image_dir}: image_dir not found")
+        raise UserError(f"{image_dir}: {key} not found")
     exts = image_extensions()
     found = {os.path.join(image_dir, name) for name in os.listdir(image_dir)
              if name.lower().endswith(exts) and os.path.isfile(os.path.join(image_dir, name))}

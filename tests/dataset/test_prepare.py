@@ -103,6 +103,23 @@ def test_conditioning_images_must_match(tmp_path, make_folder, write_toml):
     assert batch["alpha_masks"].shape == (1, 256, 256)
 
 
+def test_missing_conditioning_folder_is_named_as_such(tmp_path, make_folder, write_toml):
+    make_folder("a", [(256, 256)])
+    path = _toml(write_toml, tmp_path, subset=f'conditioning_data_dir = "{tmp_path}/nope"')
+    with pytest.raises(UserError) as err:
+        _prep(path, masked_loss=True)
+    assert str(err.value) == f"{tmp_path}/nope: conditioning_data_dir not found"
+
+
+def test_regularization_only_dataset_is_one_line(tmp_path, make_folder, write_toml):
+    make_folder("a", [(256, 256)])
+    path = _toml(write_toml, tmp_path, subset="is_reg = true")
+    with pytest.raises(UserError) as err:
+        _prep(path)
+    assert str(err.value) == (f"{path} datasets[0]: every subset is regularization (is_reg = true); add a subset "
+                              "of training images")
+
+
 def test_color_aug_changes_hue_only_slightly():
     arr = np.full((4, 4, 3), (200, 50, 50), np.uint8)
     out = im.color_aug(arr, random.Random(1))
