@@ -135,11 +135,8 @@ def _iter_ckpt(path: Path) -> tuple[list[str], Iterator]:
 def open_tensors(path: str | os.PathLike, mmap: bool = True,
                  load_dtypes: set | None = None) -> tuple[list[str], dict[str, str], Iterator]:
     """``(keys, metadata, lazy (key, tensor) iterator)`` of a ``.safetensors`` or ``.ckpt``/``.pt`` file.
-
-    A safetensors file is memory-mapped only with ``mmap`` (kohya's ``--disable_mmap_load_safetensors``
-    turns it off) and when every stored float dtype is in ``load_dtypes`` (the caller's cast targets):
-    a cast copies each tensor anyway, and the mapped pages would add the whole file to the peak RSS.
-    """
+    A safetensors file is mapped when :func:`maps_file` says so, else read tensor by tensor; with ``load_dtypes``
+    into one shared buffer, so each tensor must be copied or cast before the next (``collect_states(copy=True)``)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: checkpoint file not found")
@@ -147,8 +144,7 @@ def open_tensors(path: str | os.PathLike, mmap: bool = True,
         keys, it = _iter_ckpt(p)
         return keys, {}, it
     header, metadata = read_header(p)
-    if load_dtypes is not None and not stored_dtypes(header) <= set(load_dtypes):
-        mmap = False
+    mmap = maps_file(header, mmap, load_dtypes)
 
     def mapped():
         from safetensors import safe_open
@@ -157,16 +153,23 @@ def open_tensors(path: str | os.PathLike, mmap: bool = True,
             for k in header:
                 yield k, f.get_tensor(k)
 
-    return list(header), metadata, mapped() if mmap else read_tensors(p)
+    return list(header), metadata, mapped() if mmap else read_tensors(p, reuse_buffer=load_dtypes is not None)
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
-    return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+def maps_file(header: dict, mmap: bool, load_dtypes: set | None) -> bool:
+    """Map only with ``mmap`` (off: kohya's ``--disable_mmap_load_safetensors``) and no stored float dtype outside
+    ``load_dtypes``: a cast copies every tensor anyway, and mapped pages would add the file to the peak RSS."""
+    return mmap and (load_dtypes is None or stored_dtypes(header) <= set(load_dtypes))
 
 
-def collect_states(family: str, items: Iterator, configs: dict, dtype, device, where: str, unet_dtype=None):
+def _cast(t: torch.Tensor, dtype: torch.dtype, device, copy: bool = False) -> torch.Tensor:
+    return t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=copy)
+
+
+def collect_states(family: str, items: Iterator, configs: dict, dtype, device, where: str, unet_dtype=None,
+                   copy: bool = False):
     """Route every checkpoint tensor: ``(states per component, extras, unknown keys)``, cast to ``dtype``
-    (UNet: ``unet_dtype`` when given)."""
+    (UNet: ``unet_dtype`` when given); ``copy`` when the items share one read buffer."""
     states: dict[str, dict] = {"unet": {}, "vae": {}, **{f"te{i}": {} for i in range(len(configs["text_encoders"]))}}
     extras, unknown = {}, []
     lpb = configs["unet"]["layers_per_block"] if isinstance(configs["unet"], dict) else configs["unet"].num_res_blocks
@@ -174,7 +177,7 @@ def collect_states(family: str, items: Iterator, configs: dict, dtype, device, w
         r = cc.route_key(family, key, value, lpb, _te_layers(family, configs))
         if r.kind == "param":
             to = unet_dtype if unet_dtype is not None and r.component == "unet" else dtype
-            states[r.component].update((k, _cast(v, to, device)) for k, v in r.pairs)
+            states[r.component].update((k, _cast(v, to, device, copy)) for k, v in r.pairs)
         elif r.kind == "extra":
             extras[r.key] = value.clone()  # a view would keep the whole memory-mapped file alive
         elif r.kind == "unknown":
@@ -215,11 +218,9 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         expected_family: ``None``, ``"sdxl"`` or ``"sd"``/``"sd1"``/``"sd2"``; a mismatch is a UserError
             naming the right script (or ``--v2``).
         v2: The user passed ``--v2``.
-        dtype: Floating-point dtype of every weight.
-        device: Target device of every weight.
+        dtype, device: Floating-point dtype and device of every weight.
         vae_path: Optional separate VAE file (LDM or diffusers names, with or without ``first_stage_model.``).
-        mmap: Memory-map a ``.safetensors`` file (default, when no tensor needs a cast) or read it
-            tensor by tensor.
+        mmap: Memory-map a ``.safetensors`` file when no tensor needs a cast (see :func:`maps_file`).
         unet_dtype: UNet weight dtype if not ``dtype`` (the trainer's compute dtype: no fp32 UNet copy).
 
     Raises:
@@ -232,14 +233,16 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
         torch.nn.Module.to(models.unet, unet_dtype or dtype)  # diffusers' to() warns needlessly
     else:
-        keys, metadata, items = open_tensors(p, mmap=mmap, load_dtypes={dtype, unet_dtype or dtype})
+        load_dtypes = {dtype, unet_dtype or dtype}
+        keys, metadata, items = open_tensors(p, mmap=mmap, load_dtypes=load_dtypes)
+        shared = p.suffix.lower() == ".safetensors" and not maps_file(read_header(p)[0], mmap, load_dtypes)
         family = detect_family(keys)
         check_family(family, expected_family, v2, str(p))
         configs = (configs_from_json(metadata[CONFIG_METADATA_KEY], str(p)) if CONFIG_METADATA_KEY in metadata
                    else {"family": family, **default_configs(family)})
         configs.pop("family")
         mods = build_models(family, configs)
-        states, extras, unknown = collect_states(family, items, configs, dtype, device, str(p), unet_dtype)
+        states, extras, unknown = collect_states(family, items, configs, dtype, device, str(p), unet_dtype, shared)
         unet_unknown = [k for k in unknown if k.startswith(cc.UNET_PREFIX)]
         if unet_unknown:
             raise UserError(f"{p}: {len(unet_unknown)} unexpected UNet keys ({', '.join(unet_unknown[:5])})")
@@ -266,7 +269,7 @@ def load_vae_state(path: str | os.PathLike, config: dict, dtype, device) -> dict
         if not files:
             raise UserError(f"{p}: no .safetensors VAE weights in this folder")
         p = files[0]
-    _, _, items = open_tensors(p, load_dtypes={dtype})
+    _, _, items = open_tensors(p)
     levels = len(config["block_out_channels"])
     out = {}
     for k, v in items:

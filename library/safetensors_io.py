@@ -90,21 +90,28 @@ def stored_dtypes(header: Mapping) -> set[torch.dtype]:
     return {d for d in (_DTYPES.get(v["dtype"]) for v in header.values()) if d is not None and d.is_floating_point}
 
 
-def read_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` reading each tensor into its own buffer (no memory map).
+def read_tensors(path: str | os.PathLike, reuse_buffer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` reading each tensor from the file (no memory map).
 
-    No file pages stay mapped (and counted in RSS) while a model is converted. Buffers of 1 MiB and
-    more are anonymous memory maps, returned to the system as soon as the tensor (or its cast copy's
-    source) is freed, so a load that casts every tensor leaves no fragmented heap behind. The file is
-    checked for truncation first.
+    No file pages stay mapped (and counted in RSS) while a model is converted. Each tensor gets its own
+    buffer (1 MiB and more: an anonymous map, returned to the system once the tensor is freed, so no
+    fragmented heap is left behind). With ``reuse_buffer`` every tensor is read into one shared buffer
+    instead (no allocation or page faults per tensor): a tensor is valid only until the next one is
+    read, so the caller must copy or cast it first. The file is checked for truncation first.
     """
     header, _ = read_header(path)
+    shared = bytearray()
     with open(path, "rb") as f:
         base = 8 + struct.unpack("<Q", f.read(8))[0]
         for name, info in header.items():
             start, end = info["data_offsets"]
             size = end - start
-            buf = _anonymous_buffer(size) if size >= _ANON_MAP_MIN else bytearray(size)
+            if reuse_buffer:
+                if len(shared) < size:
+                    shared = _anonymous_buffer(size)
+                buf = memoryview(shared)[:size]
+            else:
+                buf = _anonymous_buffer(size) if size >= _ANON_MAP_MIN else bytearray(size)
             f.seek(base + start)
             if f.readinto(buf) != size:
                 raise UserError(f"{path}: truncated while reading {name}; re-download the file")

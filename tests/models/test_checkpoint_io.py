@@ -189,10 +189,11 @@ def test_file_is_mapped_only_when_no_tensor_needs_a_cast(tmp_path, monkeypatch, 
     tensors = {"w": torch.randn(4, 3).half(), "ids": torch.arange(3)}
     save_file(tensors, str(path))
     reads = []
-    monkeypatch.setattr(cio, "read_tensors", lambda p, real=cio.read_tensors: reads.append(p) or real(p))
+    real = cio.read_tensors
+    monkeypatch.setattr(cio, "read_tensors", lambda p, **kw: reads.append((p, kw)) or real(p, **kw))
     _, _, items = cio.open_tensors(path, load_dtypes=load_dtypes)
-    got = dict(items)
-    assert reads == ([] if mapped else [path])
+    got = {k: v.clone() for k, v in items}  # read tensors share one buffer: copy each before the next
+    assert reads == ([] if mapped else [(path, {"reuse_buffer": True})])
     assert all(torch.equal(got[k], tensors[k]) for k in tensors)
 
 
@@ -206,3 +207,25 @@ def test_unet_loads_straight_in_its_own_dtype(tiny_sdxl_ckpt, mmap):
     want = {k: v.to(torch.bfloat16) for k, v in full.unet.state_dict().items()}  # same as casting after loading
     got = mixed.unet.state_dict()
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_half_file_loaded_in_fp32_through_the_shared_read_buffer(tiny_sdxl_ckpt, tmp_path):
+    half = tmp_path / "half.safetensors"
+    save_models(load_models(tiny_sdxl_ckpt), half, dtype=torch.float16)
+    mapped = load_models(half, dtype=torch.float16)  # no cast: memory-mapped, then cast here for reference
+    read = load_models(half)  # fp16 file -> fp32: read tensor by tensor through one reused buffer
+    for a, b in [(mapped.unet, read.unet), (mapped.vae, read.vae), *zip(mapped.text_encoders, read.text_encoders)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(sb[k].dtype == torch.float32 and torch.equal(sa[k].float(), sb[k]) for k in sa)
+    assert len({t.data_ptr() for t in read.unet.state_dict().values()}) == len(read.unet.state_dict())
+
+
+def test_read_tensors_with_a_reused_buffer_must_be_copied_in_turn(tmp_path):
+    from library.safetensors_io import read_tensors
+
+    path = tmp_path / "r.safetensors"
+    tensors = {"a": torch.randn(600, 512), "b": torch.arange(7), "c": torch.randn(3).half()}
+    save_file(tensors, str(path))
+    got = {k: v.clone() for k, v in read_tensors(path, reuse_buffer=True)}
+    assert all(got[k].dtype == tensors[k].dtype and torch.equal(got[k], tensors[k]) for k in tensors)
