@@ -111,8 +111,8 @@ def _flatten(doc: dict, path: str) -> dict[str, tuple[Any, str]]:
 
 def _unknown_key(key: str, where: str, entry: str) -> UserError:
     if key in GUI_ONLY_KEYS:
-        return UserError(f"{where}: key '{key}' is a kohya_ss GUI setting, not a training option "
-                         f"({GUI_ONLY_KEYS[key]}); delete this line")
+        return UserError(f"{where}: key '{key}' is a kohya_ss GUI setting, not a training option: "
+                         f"{GUI_ONLY_KEYS[key]}")
     if key in {f.name for _, f in option_fields("sdxl")}:
         return UserError(f"{where}: key '{key}' is only valid for {PROGS['sdxl']}")
     names = sorted({f.name for _, f in option_fields("sdxl")} - {"debug"})

@@ -88,16 +88,16 @@ def test_unknown_key_several_hints_and_none(tmp_path, monkeypatch):
         load_config_file("b.toml", "sd")
 
 
-@pytest.mark.parametrize("key, reason", [
-    ("epoch", "max_train_epochs / max_train_steps set the run length"),
-    ("noise_offset_type", "noise_offset or multires_noise_iterations choose the noise"),
+@pytest.mark.parametrize("key, advice", [
+    ("epoch", "delete it; max_train_epochs / max_train_steps set the run length"),
+    ("noise_offset_type", "delete it; noise_offset or multires_noise_iterations choose the noise"),
+    ("loraplus_lr_ratio", 'move it into network_args, e.g. network_args = ["loraplus_lr_ratio=16"]'),
 ])
-def test_kohya_ss_gui_keys_are_named_as_such(tmp_path, key, reason):
+def test_kohya_ss_gui_keys_are_named_as_such(tmp_path, key, advice):
     cfg = _write(tmp_path / "gui.toml", f"network_dim = 8\n{key} = 8\n")
     with pytest.raises(UserError) as err:
         load_config_file(cfg, "sdxl")
-    assert str(err.value) == (f"{cfg}: key '{key}' is a kohya_ss GUI setting, not a training option ({reason}); "
-                              "delete this line")
+    assert str(err.value) == f"{cfg}: key '{key}' is a kohya_ss GUI setting, not a training option: {advice}"
     assert err.value.exit_code == 2
 
 
