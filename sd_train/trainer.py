@@ -196,6 +196,9 @@ class Trainer:
             len(self.dataset), acc.num_processes, t.gradient_accumulation_steps, t.max_train_steps,
             t.max_train_epochs)
         self.dataset.max_train_steps = self.max_train_steps  # token warm-up fractions (CLI.md §7)
+        ratio = self.opts.saving.save_n_epoch_ratio
+        if ratio and ratio > 0:  # kohya-compat: N saves over the run, once the epoch count is known
+            self.opts = self.opts.replace(save_every_n_epochs=max(1, self.num_epochs // ratio))
         self.optimizer, self.optimizer_name = optim.build_optimizer(groups, o.optimizer_type, o.learning_rate,
                                                                     o.optimizer_args)
         self.lr_scheduler = optim.build_scheduler(

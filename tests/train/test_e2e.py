@@ -147,6 +147,15 @@ def test_epoch_checkpoints_and_step_pruning(assets, tmp_path):
     assert (meta["ss_epoch"], meta["ss_steps"]) == ("2", "8")
 
 
+def test_save_n_epoch_ratio_sets_the_epoch_cadence(assets, tmp_path):
+    toml = _plain_toml(assets[1], tmp_path / "plain.toml")  # 4 steps per epoch
+    out = tmp_path / "out"
+    args = _args((assets[0], toml), out, "--network_train_unet_only", "--max_train_epochs", "4", "--cache_latents",
+                 "--save_n_epoch_ratio", "2")  # floor(4 epochs / 2) = every 2nd epoch
+    assert sdxl_main(args) == 0
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["epoch-000002.safetensors", "last.safetensors"]
+
+
 def test_cached_latents_and_text_encoder_outputs(assets, tmp_path):
     out = tmp_path / "out"
     assert sdxl_main(_args(assets, out, "--network_train_unet_only", "--cache_latents",
