@@ -1,9 +1,8 @@
 """Load and save SD1.x / SD2.x / SDXL checkpoints (single file or diffusers folder).
 
-No second full-precision copy: modules are built on ``meta``, each tensor is read on its own (mapped,
-or into its own buffer when cast), cast to the target dtype/device and assigned with
-``load_state_dict(assign=True)``. ``.ckpt``/``.pt`` only via ``torch.load(weights_only=True)``.
-Key layouts: FORMAT.md §10–11.
+No second full-precision copy: modules are built on ``meta``, each tensor is read on its own (mapped, or
+through one reused buffer when cast), cast to the target dtype/device and assigned with ``assign=True``.
+``.ckpt``/``.pt`` only via ``torch.load(weights_only=True)``. Key layouts: FORMAT.md §10–11.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import torch
 from library import checkpoint_convert as cc
 from library.checkpoint_convert import configs_from_json, configs_to_json, default_configs
 from library.errors import UserError
-from library.safetensors_io import atomic_path, read_header, read_tensors, stored_dtypes
+from library.safetensors_io import atomic_path, mapped_tensors, read_header, read_tensors, stored_dtypes
 
 logger = logging.getLogger(__name__)
 CONFIG_METADATA_KEY = cc.CONFIG_METADATA_KEY
@@ -132,33 +131,30 @@ def _iter_ckpt(path: Path) -> tuple[list[str], Iterator]:
     return list(sd), iter(sd.items())
 
 
-def open_tensors(path: str | os.PathLike, mmap: bool = True,
-                 load_dtypes: set | None = None) -> tuple[list[str], dict[str, str], Iterator]:
-    """``(keys, metadata, lazy (key, tensor) iterator)`` of a ``.safetensors`` or ``.ckpt``/``.pt`` file.
-    A safetensors file is mapped when :func:`maps_file` says so, else read tensor by tensor; with ``load_dtypes``
-    into one shared buffer, so each tensor must be copied or cast before the next (``collect_states(copy=True)``)."""
+def open_tensors(path: str | os.PathLike, mmap: bool = True, load_dtypes: set | None = None) -> tuple:
+    """``(keys, metadata, lazy (key, tensor) iterator)`` of a ``.safetensors``/``.ckpt``/``.pt`` file."""
+    return _open(path, mmap, load_dtypes)[:3]
+
+
+def _open(path, mmap: bool, load_dtypes: set | None) -> tuple[list[str], dict[str, str], Iterator, bool]:
+    """:func:`open_tensors` plus whether the tensors share one read buffer (a safetensors file not mapped,
+    see :func:`maps_file`, with ``load_dtypes``): then copy or cast each before the next (``collect_states``)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: checkpoint file not found")
     if p.suffix.lower() != ".safetensors":
         keys, it = _iter_ckpt(p)
-        return keys, {}, it
+        return keys, {}, it, False
     header, metadata = read_header(p)
-    mmap = maps_file(header, mmap, load_dtypes)
-
-    def mapped():
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            for k in header:
-                yield k, f.get_tensor(k)
-
-    return list(header), metadata, mapped() if mmap else read_tensors(p, reuse_buffer=load_dtypes is not None)
+    if maps_file(header, mmap, load_dtypes):
+        return list(header), metadata, mapped_tensors(p), False
+    shared = load_dtypes is not None
+    return list(header), metadata, read_tensors(p, reuse_buffer=shared), shared
 
 
 def maps_file(header: dict, mmap: bool, load_dtypes: set | None) -> bool:
-    """Map only with ``mmap`` (off: kohya's ``--disable_mmap_load_safetensors``) and no stored float dtype outside
-    ``load_dtypes``: a cast copies every tensor anyway, and mapped pages would add the file to the peak RSS."""
+    """Map only with ``mmap`` (not ``--disable_mmap_load_safetensors``) and no stored float dtype outside
+    ``load_dtypes``: a cast copies every tensor anyway; mapped pages would add the file to the peak RSS."""
     return mmap and (load_dtypes is None or stored_dtypes(header) <= set(load_dtypes))
 
 
@@ -233,9 +229,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
         torch.nn.Module.to(models.unet, unet_dtype or dtype)  # diffusers' to() warns needlessly
     else:
-        load_dtypes = {dtype, unet_dtype or dtype}
-        keys, metadata, items = open_tensors(p, mmap=mmap, load_dtypes=load_dtypes)
-        shared = p.suffix.lower() == ".safetensors" and not maps_file(read_header(p)[0], mmap, load_dtypes)
+        keys, metadata, items, shared = _open(p, mmap, {dtype, unet_dtype or dtype})
         family = detect_family(keys)
         check_family(family, expected_family, v2, str(p))
         configs = (configs_from_json(metadata[CONFIG_METADATA_KEY], str(p)) if CONFIG_METADATA_KEY in metadata

@@ -28,8 +28,8 @@ def check_compile_backend(backend: str) -> None:
 def compile_unet(unet: torch.nn.Module, backend: str):
     """``--torch_compile``: the UNet's training forward through ``torch.compile`` with ``backend`` (kohya
     compiles through accelerate). Call it after the network is applied so its forward swaps are traced;
-    sampling and the DOP prior pass keep the plain module."""
-    check_compile_backend(backend)
+    sampling and the DOP prior pass keep the plain module. The backend was checked at setup
+    (:func:`check_compile_backend`)."""
     return torch.compile(unet, backend=backend)
 
 

@@ -123,7 +123,7 @@ def test_read_tensors_equals_the_mapped_load(tmp_path):
 
     path = tmp_path / "r.safetensors"
     tensors = {"a": torch.randn(3, 4).half(), "b": torch.arange(5), "c": torch.randn(2).bfloat16(),
-               "e": torch.zeros(0), "big": torch.randn(600, 512)}  # 1.2 MB: read into an anonymous map
+               "e": torch.zeros(0), "big": torch.randn(600, 512)}  # 1.2 MB
     save_file(tensors, str(path))
     read = dict(read_tensors(path))
     mapped, _ = load_file(path)
