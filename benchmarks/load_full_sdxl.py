@@ -1,4 +1,4 @@
-"""Benchmark: load a full-size SDXL single file with ``library.checkpoint_io.load_models``.
+"""Benchmark: load a full-size SDXL single file with ``library.checkpoint.io.load_models``.
 
 Writes a random-weight fp16 SDXL checkpoint with the exact keys and shapes of the real one
 (``spec/data/sdxl_base_ldm_keys.tsv``, about 6.9 GB) to a temporary folder, then loads it in a
@@ -25,8 +25,8 @@ _DEFAULT_MANIFEST = "/work/shared/spec/data/sdxl_base_ldm_keys.tsv"
 
 _CHILD = r"""
 import json, resource, sys, time, torch
-from library import checkpoint_convert as cc
-from library.checkpoint_io import load_models, open_tensors
+from library.checkpoint import convert as cc
+from library.checkpoint.io import load_models, open_tensors
 path, dtype = sys.argv[1], getattr(torch, sys.argv[2])
 t0 = time.perf_counter()
 models = load_models(path, expected_family="sdxl", dtype=dtype)
@@ -54,7 +54,7 @@ def read_manifest(path: str) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
 
 def write_random_checkpoint(rows, path: Path, seed: int = 0) -> float:
     """Stream a random-weight checkpoint with ``rows``' keys/dtypes/shapes to ``path``; returns seconds."""
-    from library.safetensors_stream import write_streaming
+    from library.io.safetensors_stream import write_streaming
 
     gen = torch.Generator().manual_seed(seed)
     plan = {k: (d, s) for k, d, s in rows}

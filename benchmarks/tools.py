@@ -1,7 +1,7 @@
 """Benchmark: resize a full-size SDXL rank-128 LoRA to rank 32, factor SVD vs dense SVD per module.
 
 The LoRA has kohya's SDXL key set (``lora_keys_sdxl.tsv``: UNet + both text encoders, 986 modules)
-with random weights, generated module by module. The fast path (``library.lora_svd.resize_factors``:
+with random weights, generated module by module. The fast path (``library.lora.svd.resize_factors``:
 Householder QR of both factors, SVD of the 128×128 core, only the k kept vectors formed) runs on
 every module. The dense path (kohya: form ``up @ down``, ``torch.linalg.svd`` with full matrices,
 truncate) is timed per distinct module shape on ``--dense_samples`` modules (the first ones of that
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from library.lora_svd import resize_factors
+from library.lora.svd import resize_factors
 
 DEFAULT_KEYS = Path(__file__).resolve().parents[1] / "tests" / "tools" / "data" / "lora_keys_sdxl.tsv.gz"
 
@@ -160,9 +160,9 @@ def merge_benchmark(workdir: Path, rank: int = 32) -> None:
     import subprocess
     import sys
 
-    from library.lora_convert import checkpoint_targets
-    from library.safetensors_io import save_lora_file
-    from library.safetensors_stream import write_streaming
+    from library.lora.convert import checkpoint_targets
+    from library.io.safetensors_io import save_lora_file
+    from library.io.safetensors_stream import write_streaming
 
     with gzip.open(DEFAULT_KEYS.with_name("sd15_ldm_keys.tsv.gz"), "rt") as f:
         rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from library.lora_math import lora_scale
+from library.lora.algebra import lora_scale
 
 
 def _bound_owner(fn: Any) -> Any:

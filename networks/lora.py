@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from library.errors import UserError
-from library.lora_math import lora_scale, max_norm_ratio, merge_delta
-from library.lora_file import load_tensors
-from library.safetensors_io import save_lora_file
+from library.lora.algebra import lora_scale, max_norm_ratio, merge_delta
+from library.lora.file import load_tensors
+from library.io.safetensors_io import save_lora_file
 from networks import _targets as T
 from networks._module import LoRAModule
 

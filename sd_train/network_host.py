@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 import torch
 
 from library.errors import UserError
-from library.safetensors_io import atomic_path
+from library.io.safetensors_io import atomic_path
 
 logger = logging.getLogger(__name__)
 

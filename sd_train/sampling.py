@@ -135,7 +135,7 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
     """Render one image for ``p`` with the family's text path; returns a PIL image."""
     from PIL import Image
 
-    from library.fp8 import compute_dtype
+    from library.models.fp8 import compute_dtype
 
     sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization)
     sched.set_timesteps(p.sample_steps, device=device)
@@ -162,7 +162,7 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
 
 def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
     """Render every prompt of ``--sample_prompts`` to ``{output_dir}/sample/`` (names: CLI.md §8)."""
-    from library.text_conditioning import device_of
+    from library.text.conditioning import device_of
     from sd_train.checkpointing import sample_image_name
     from sd_train.tracking import log_samples
 

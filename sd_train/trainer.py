@@ -25,7 +25,7 @@ from library.dataset.config import CliDefaults
 from library.dataset.dataset import BucketBatchDataset
 from library.dataset.plan import build_plan
 from library.dataset.prepare import prepare
-from library.fp8 import apply_fp8_base
+from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
 from sd_train import checkpointing, metadata, objective, optim, preservation, resume, sampling, tracking

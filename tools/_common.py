@@ -10,7 +10,7 @@ from typing import Iterable, Mapping
 import torch
 
 from library.errors import UserError
-from library.lora_file import DTYPES
+from library.lora.file import DTYPES
 
 PRECISIONS = ("float", "fp16", "bf16")
 _MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
@@ -57,7 +57,7 @@ def parse_lbws(lbws: list[str] | None, models: list) -> list[list[float] | None]
     """Validated LBW lists, one per model (``None`` entries without ``--lbws``)."""
     import json
 
-    from library.lora_convert import LBW_LENGTHS
+    from library.lora.convert import LBW_LENGTHS
 
     if not lbws:
         return [None] * len(models)

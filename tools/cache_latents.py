@@ -102,7 +102,7 @@ def build_datasets(args: argparse.Namespace, seed: int, dataset_seed: int) -> li
 
 def load(args: argparse.Namespace):
     """``(LoadedModels, device, weight dtype)``; a checkpoint of another family is a UserError."""
-    from library.checkpoint_io import load_models
+    from library.checkpoint.io import load_models
 
     family = "sdxl" if args.sdxl else "sd2" if args.v2 else "sd"
     models = load_models(args.pretrained_model_name_or_path, expected_family=family, v2=args.v2,

@@ -6,7 +6,7 @@ image with keys ``hidden_state1 (L, D1)``, ``hidden_state2 (L, D2)``, ``pool2 (P
 hash (DATASET.md §10); a file whose caption still matches is kept, so a second run encodes nothing.
 
 The SDXL conditioning (chunking of long captions, penultimate hidden states of both encoders,
-TE2's projected pooled output of the first chunk) comes from ``library.text_conditioning``, the
+TE2's projected pooled output of the first chunk) comes from ``library.text.conditioning``, the
 same code ``sd_train.families.sdxl.SdxlFamily.encode`` uses.
 
 Usage: ``cache_text_encoder_outputs --pretrained_model_name_or_path M.safetensors --dataset_config D.toml --sdxl``.
@@ -21,8 +21,8 @@ import torch
 
 from library.dataset import latent_cache
 from library.errors import UserError, run_cli
-from library.prompt_weights import apply_token_weights, tokenize_chunks_weighted
-from library.text_conditioning import CHUNK, chunk_token_ids, encode_sdxl, load_tokenizer
+from library.text.prompt_weights import apply_token_weights, tokenize_chunks_weighted
+from library.text.conditioning import CHUNK, chunk_token_ids, encode_sdxl, load_tokenizer
 from tools.cache_latents import build_datasets, load, seeds, setup_parser
 
 logger = logging.getLogger(__name__)

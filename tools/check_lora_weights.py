@@ -13,9 +13,9 @@ import argparse
 import torch
 
 from library.errors import run_cli
-from library.lora_convert import is_network_target, te_name_set, unet_name_table
-from library.lora_file import load_tensors, read_lora
-from library.lora_math import delta_weight, lora_scale
+from library.lora.convert import is_network_target, te_name_set, unet_name_table
+from library.lora.file import load_tensors, read_lora
+from library.lora.algebra import delta_weight, lora_scale
 
 _TE_LAYERS = {"sd1": {"lora_te": 12}, "sd2": {"lora_te": 24}, "sdxl": {"lora_te1": 12, "lora_te2": 32}}
 

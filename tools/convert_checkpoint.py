@@ -78,7 +78,7 @@ def _load_dtype(args) -> torch.dtype:
 
 def path_family(src: Path) -> str:
     """Family of a single file (from its keys) or of a diffusers folder."""
-    from library.checkpoint_io import detect_path_family
+    from library.checkpoint.io import detect_path_family
 
     return detect_path_family(src)
 
@@ -114,9 +114,9 @@ def save_single_file(models, path: Path, dtype: torch.dtype | None, metadata: di
         dtype: Output dtype of floating-point tensors; ``None`` keeps each tensor's dtype.
         metadata: Extra ``__metadata__`` strings (safetensors only).
     """
-    from library import checkpoint_convert as cc
-    from library.safetensors_io import atomic_path
-    from library.safetensors_stream import write_streaming
+    from library.checkpoint import convert as cc
+    from library.io.safetensors_io import atomic_path
+    from library.io.safetensors_stream import write_streaming
 
     states = {"unet": models.unet.state_dict(), "vae": models.vae.state_dict()}
     states.update({f"te{i}": te.state_dict() for i, te in enumerate(models.text_encoders)})
@@ -147,8 +147,8 @@ def _log_ignored(args, to_folder: bool) -> None:
 
 def convert(args) -> Path:
     """Run one conversion described by parsed ``args``; returns the output path."""
-    from library.checkpoint_io import load_models
-    from library.diffusers_export import save_diffusers_folder
+    from library.checkpoint.io import load_models
+    from library.checkpoint.diffusers_export import save_diffusers_folder
 
     src, dst = Path(args.model_to_load), Path(args.model_to_save)
     _check_paths(args, src, dst)

@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 
 from library.errors import UserError, run_cli
-from library.lora_convert import (adapter_metadata, alpha_from_metadata, kohya_name, lora_family, parse_peft_key,
+from library.lora.convert import (adapter_metadata, alpha_from_metadata, kohya_name, lora_family, parse_peft_key,
                                   peft_name, to_family_names, unet_name_table)
-from library.lora_file import (check_finite, check_output, detect_format, group_modules, load_tensors,
+from library.lora.file import (check_finite, check_output, detect_format, group_modules, load_tensors,
                                unsupported_keys, write_lora)
-from library.lora_math import lora_scale
-from library.safetensors_io import save_lora_file
+from library.lora.algebra import lora_scale
+from library.io.safetensors_io import save_lora_file
 from tools._common import PRECISIONS, add_common, dtype_of, lora_metadata, progress
 
 

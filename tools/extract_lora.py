@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError, run_cli
-from library.lora_convert import TE_RE, checkpoint_family, checkpoint_targets, scaled_delta_rows
-from library.lora_file import check_output, load_tensors, write_lora
-from library.lora_svd import extract_factors
-from library.safetensors_io import read_header
+from library.lora.convert import TE_RE, checkpoint_family, checkpoint_targets, scaled_delta_rows
+from library.lora.file import check_output, load_tensors, write_lora
+from library.lora.svd import extract_factors
+from library.io.safetensors_io import read_header
 from tools._common import PRECISIONS, add_common, device_of, dtype_of, lora_metadata, progress
 
 _BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}

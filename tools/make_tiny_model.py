@@ -1,7 +1,7 @@
 """Write a tiny random-weight SD1.5 / SD2 / SDXL single-file checkpoint for tests and demos.
 
 The file has the real single-file key layout (FORMAT.md §10) and its component configs in the
-``sd_train.model_config`` metadata key, so ``library.checkpoint_io.load_models`` rebuilds the tiny
+``sd_train.model_config`` metadata key, so ``library.checkpoint.io.load_models`` rebuilds the tiny
 architecture from it.
 
 Usage: ``python -m tools.make_tiny_model --arch sdxl OUT.safetensors [--seed N]``
@@ -57,7 +57,7 @@ def make_tiny_checkpoint(arch: str, path: str | Path, seed: int = 0) -> Path:
     Returns:
         ``path`` as a ``Path``.
     """
-    from library.checkpoint_io import LoadedModels, save_models
+    from library.checkpoint.io import LoadedModels, save_models
     from library.models.sd_unet import build_sd_unet
     from library.models.sdxl_unet import SdxlUNet
     from library.models.text_encoders import CLIPTextModel, CLIPTextModelWithProjection

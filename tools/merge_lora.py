@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError, run_cli
-from library.lora_convert import checkpoint_family, checkpoint_targets, lbw_weight, lora_family, scaled_delta_rows
-from library.lora_file import check_finite, check_output, load_tensors, read_lora, write_lora
-from library.lora_math import delta_weight, lora_scale
-from library.lora_svd import concat_merge, shuffle_ranks
-from library.safetensors_io import atomic_path, read_header
-from library.safetensors_stream import write_streaming
+from library.lora.convert import checkpoint_family, checkpoint_targets, lbw_weight, lora_family, scaled_delta_rows
+from library.lora.file import check_finite, check_output, load_tensors, read_lora, write_lora
+from library.lora.algebra import delta_weight, lora_scale
+from library.lora.svd import concat_merge, shuffle_ranks
+from library.io.safetensors_io import atomic_path, read_header
+from library.io.safetensors_stream import write_streaming
 from tools._common import (PRECISIONS, add_common, add_lbws, check_ratios, common_value, device_of, dtype_of,
                            lora_metadata, parse_lbws, progress, progress_bar)
 

@@ -10,8 +10,8 @@ import argparse
 import statistics
 
 from library.errors import UserError, run_cli
-from library.lora_file import check_finite, check_output, is_kxk, rank_of, read_lora, write_lora
-from library.lora_svd import resize_factors, retention_stats
+from library.lora.file import check_finite, check_output, is_kxk, rank_of, read_lora, write_lora
+from library.lora.svd import resize_factors, retention_stats
 from tools._common import PRECISIONS, add_common, common_value, device_of, dtype_of, lora_metadata, progress
 
 METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")

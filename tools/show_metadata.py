@@ -11,8 +11,8 @@ import json
 from collections import Counter
 
 from library.errors import UserError, run_cli
-from library.lora_convert import checkpoint_family, lora_family
-from library.safetensors_io import data_section_sha256, read_header
+from library.lora.convert import checkpoint_family, lora_family
+from library.io.safetensors_io import data_section_sha256, read_header
 
 _PREFIXES = ("lora_unet", "lora_te1", "lora_te2", "lora_te", "unet", "text_encoder_2", "text_encoder", "bundle_emb")
 

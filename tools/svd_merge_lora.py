@@ -11,9 +11,9 @@ import argparse
 import json
 
 from library.errors import UserError, run_cli
-from library.lora_convert import lbw_weight, lora_family
-from library.lora_file import check_finite, check_output, is_kxk, read_lora, write_lora
-from library.lora_svd import svd_merge_factors
+from library.lora.convert import lbw_weight, lora_family
+from library.lora.file import check_finite, check_output, is_kxk, read_lora, write_lora
+from library.lora.svd import svd_merge_factors
 from tools._common import (PRECISIONS, add_common, add_lbws, check_ratios, device_of, dtype_of, lora_metadata,
                            parse_lbws, progress)
 

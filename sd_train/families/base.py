@@ -15,9 +15,9 @@ from typing import Any, Sequence
 import torch
 
 from library.errors import UserError, first_line
-from library.prompt_weights import apply_token_weights, tokenize_chunks_weighted
-from library.safetensors_io import file_model_hashes
-from library.text_conditioning import CHUNK, chunk_token_ids
+from library.text.prompt_weights import apply_token_weights, tokenize_chunks_weighted
+from library.io.safetensors_io import file_model_hashes
+from library.text.conditioning import CHUNK, chunk_token_ids
 
 
 @dataclass
@@ -76,10 +76,10 @@ class ModelFamily(abc.ABC):
 
     def load(self, path: str, *, vae_path: str | None = None, dtype=torch.float32,
              device="cpu", mmap: bool = True, unet_dtype: torch.dtype | None = None):
-        """Load UNet, TEs and VAE with :func:`library.checkpoint_io.load_models` (strict, detected); hub ids
-        are fetched first (:mod:`library.hub`)."""
-        from library import hub
-        from library.checkpoint_io import load_models
+        """Load UNet, TEs and VAE with :func:`library.checkpoint.io.load_models` (strict, detected); hub ids
+        are fetched first (:mod:`library.checkpoint.hub`)."""
+        from library.checkpoint import hub
+        from library.checkpoint.io import load_models
 
         path = hub.local_path(path, hub.MODEL_FILES)
         vae_path = vae_path and hub.local_path(vae_path, hub.VAE_FILES)

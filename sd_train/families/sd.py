@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from library.text_conditioning import device_of, join_chunk_states, load_tokenizer
+from library.text.conditioning import device_of, join_chunk_states, load_tokenizer
 from sd_train.families.base import Conds, ModelFamily
 
 

@@ -8,8 +8,8 @@ from typing import Sequence
 
 import torch
 
-from library.prompt_weights import apply_token_weights
-from library.text_conditioning import encode_sdxl, load_tokenizer
+from library.text.prompt_weights import apply_token_weights
+from library.text.conditioning import encode_sdxl, load_tokenizer
 from sd_train.families.base import Conds, ModelFamily
 
 logger = logging.getLogger(__name__)

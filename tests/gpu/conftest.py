@@ -57,7 +57,7 @@ def base_flags(tiny_sdxl, out: Path, *extra: str) -> list[str]:
 def train_sdxl(tiny_sdxl, tmp_path):
     """``train_sdxl(*flags) -> Run``: the entry point's steps (parse, family, setup, train, cleanup) in-process,
     keeping the trainer for inspection; asserts the run wrote a finite ``last.safetensors``."""
-    from library.safetensors_io import load_file
+    from library.io.safetensors_io import load_file
     from sd_train.cli import parse_options
     from sd_train.families.base import family_kwargs
     from sd_train.families.sdxl import SdxlFamily
@@ -99,7 +99,7 @@ def flags(tiny_sdxl):
 @pytest.fixture(scope="session")
 def cpu_reference_keys(tiny_sdxl, tmp_path_factory) -> set[str]:
     """Key set of ``last.safetensors`` from the same network trained 1 step on the CPU (CUDA hidden)."""
-    from library.safetensors_io import read_header
+    from library.io.safetensors_io import read_header
 
     out = tmp_path_factory.mktemp("cpu_reference")
     flags = base_flags(tiny_sdxl, out, "--max_train_steps", "1")

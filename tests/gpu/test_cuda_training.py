@@ -150,7 +150,7 @@ def test_resume_is_bit_identical_on_cuda(tmp_path, flags, run_script):
     ``torch.use_deterministic_algorithms(True)``, ``torch.backends.cudnn.deterministic = True`` and
     ``cudnn.benchmark = False``: without them cuBLAS/cuDNN/SDPA kernels may reduce in a different order.
     """
-    from library.safetensors_io import load_file
+    from library.io.safetensors_io import load_file
 
     env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     common = ("--max_train_steps", "4", "--network_dropout", "0.1", "--noise_offset", "0.05",
@@ -181,7 +181,7 @@ def test_resume_is_bit_identical_on_cuda(tmp_path, flags, run_script):
 def test_sampling_on_cuda_writes_an_image(train_sdxl, tmp_path):
     from PIL import Image
 
-    from library.text_conditioning import device_of
+    from library.text.conditioning import device_of
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle --n blurry --w 64 --h 64 --s 4 --d 5 --l 5\n", encoding="utf-8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from library.lora_math import delta_weight, lora_scale
+from library.lora.algebra import delta_weight, lora_scale
 
 
 def test_lora_scale_defaults():

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save as st_save, save_file
 
 from library.errors import UserError
-from library.safetensors_io import (
+from library.io.safetensors_io import (
     atomic_path,
     data_section_sha256,
     file_model_hashes,
@@ -119,7 +119,7 @@ def test_written_files_get_the_normal_umask_mode(tmp_path):
 
 
 def test_read_tensors_equals_the_mapped_load(tmp_path):
-    from library.safetensors_io import load_file, read_tensors
+    from library.io.safetensors_io import load_file, read_tensors
 
     path = tmp_path / "r.safetensors"
     tensors = {"a": torch.randn(3, 4).half(), "b": torch.arange(5), "c": torch.randn(2).bfloat16(),

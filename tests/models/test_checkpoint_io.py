@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from library import checkpoint_convert as cc
-from library.checkpoint_io import build_models, default_configs, detect_family, load_models, save_models
+from library.checkpoint import convert as cc
+from library.checkpoint.io import build_models, default_configs, detect_family, load_models, save_models
 from library.errors import UserError
-from library.safetensors_io import load_file
+from library.io.safetensors_io import load_file
 
 SPEC_DATA = Path(__file__).resolve().parents[1] / "assets"
 
@@ -74,7 +74,7 @@ class _Evil:
 
 
 def test_legacy_format_ckpt_is_read(tmp_path):
-    from library.checkpoint_io import open_tensors
+    from library.checkpoint.io import open_tensors
 
     path = tmp_path / "legacy.ckpt"
     torch.save({"state_dict": {"betas": torch.zeros(3)}, "epoch": 1}, path, _use_new_zipfile_serialization=False)
@@ -101,7 +101,7 @@ def _harmless_extras():
 
 
 def test_nested_ckpt_is_read_with_weights_only(tiny_sd15_ckpt, tmp_path):
-    from library.checkpoint_io import collect_states, configs_from_json, open_tensors
+    from library.checkpoint.io import collect_states, configs_from_json, open_tensors
 
     tensors, meta = load_file(tiny_sd15_ckpt)
     path = tmp_path / "nested.ckpt"
@@ -171,7 +171,7 @@ def test_old_sd1_text_encoder_without_text_model_level(tiny_sd15_ckpt, tmp_path)
 
 
 def test_load_without_mmap_gives_the_same_weights(tiny_sdxl_ckpt):
-    from library.checkpoint_io import load_models
+    from library.checkpoint.io import load_models
 
     a = load_models(tiny_sdxl_ckpt, expected_family="sdxl")
     b = load_models(tiny_sdxl_ckpt, expected_family="sdxl", mmap=False)
@@ -183,7 +183,7 @@ def test_load_without_mmap_gives_the_same_weights(tiny_sdxl_ckpt):
 @pytest.mark.parametrize("load_dtypes, mapped", [({torch.float16}, True), ({torch.float16, torch.float32}, True),
                                                 ({torch.float32}, False), ({torch.bfloat16}, False)])
 def test_file_is_mapped_only_when_no_tensor_needs_a_cast(tmp_path, monkeypatch, load_dtypes, mapped):
-    import library.checkpoint_io as cio
+    import library.checkpoint.io as cio
 
     path = tmp_path / "half.safetensors"
     tensors = {"w": torch.randn(4, 3).half(), "ids": torch.arange(3)}
@@ -222,7 +222,7 @@ def test_half_file_loaded_in_fp32_through_the_shared_read_buffer(tiny_sdxl_ckpt,
 
 
 def test_read_tensors_with_a_reused_buffer_must_be_copied_in_turn(tmp_path):
-    from library.safetensors_io import read_tensors
+    from library.io.safetensors_io import read_tensors
 
     path = tmp_path / "r.safetensors"
     tensors = {"a": torch.randn(600, 512), "b": torch.arange(7), "c": torch.randn(3).half()}

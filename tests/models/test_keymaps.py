@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from library import keymaps
-from library.checkpoint_diffusers import sdxl_config_to_diffusers
+from library.checkpoint import keymaps
+from library.checkpoint.diffusers_folder import sdxl_config_to_diffusers
 from library.models.sd_unet import build_sd_unet, sd_unet_config
 from library.models.sdxl_unet import SdxlUNet, SdxlUNetConfig
 from library.models.vae import build_vae, vae_config

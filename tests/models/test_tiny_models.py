@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from library.checkpoint_diffusers import sdxl_config_to_diffusers
-from library.checkpoint_io import detect_path_family, load_models, save_models
-from library.keymaps import ldm_unet_to_diffusers_map
-from library.safetensors_io import load_file, read_metadata
+from library.checkpoint.diffusers_folder import sdxl_config_to_diffusers
+from library.checkpoint.io import detect_path_family, load_models, save_models
+from library.checkpoint.keymaps import ldm_unet_to_diffusers_map
+from library.io.safetensors_io import load_file, read_metadata
 from tools.make_tiny_model import main as make_tiny_main
 from tools.make_tiny_model import make_tiny_checkpoint
 

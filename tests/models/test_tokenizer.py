@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from library.errors import UserError
-from library.models.tokenizer import (
+from library.text.tokenizer import (
     ClipTokenizer,
     builtin_vocabulary,
     byte_unicode_table,

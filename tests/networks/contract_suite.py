@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from library.safetensors_io import data_section_sha256, read_header
+from library.io.safetensors_io import data_section_sha256, read_header
 from sd_train.network_host import NetworkHost
 from netkit import perturb
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import networks.lora as L
 from library.errors import UserError
-from library.safetensors_io import data_section_sha256, lora_hashes, read_header
+from library.io.safetensors_io import data_section_sha256, lora_hashes, read_header
 from netkit import ToyTextEncoder, ToyUNet, perturb
 from networks import _targets as T
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import networks.lora as L
-from library.lora_math import delta_weight
+from library.lora.algebra import delta_weight
 from netkit import ToyTextEncoder, ToyUNet, perturb
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from library.safetensors_io import save_lora_file
+from library.io.safetensors_io import save_lora_file
 
 DATA = Path(__file__).parent / "data"
 
@@ -59,7 +59,7 @@ def random_lora(name: str, rank: int, count: int | None = None, seed: int = 0, a
 
 def lora_for_checkpoint(shapes: dict, family: str, rank: int, seed: int = 0, conv: bool = True) -> dict:
     """Random kohya tensors for every target of a (tiny) checkpoint."""
-    from library.lora_convert import checkpoint_targets
+    from library.lora.convert import checkpoint_targets
 
     gen = torch.Generator().manual_seed(seed)
     out = {}

@@ -55,7 +55,7 @@ def test_cache_latents_names_keys_and_reuse(tiny_ckpt, sample, capsys):
 
 def test_cache_latents_equal_trainer_encoder_path(tiny_ckpt, sample):
     """Same --seed: the files hold exactly what the trainer's in-memory caching computes."""
-    from library.checkpoint_io import load_models
+    from library.checkpoint.io import load_models
     from library.dataset import latent_cache
     from sd_train.families.sdxl import SdxlFamily
 
@@ -74,7 +74,7 @@ def test_cache_latents_equal_trainer_encoder_path(tiny_ckpt, sample):
 
 
 def test_cache_text_encoder_outputs_match_trainer_family(tiny_ckpt, sample, capsys):
-    from library.checkpoint_io import load_models
+    from library.checkpoint.io import load_models
     from sd_train.families.sdxl import SdxlFamily
 
     toml, folder = sample
@@ -96,7 +96,7 @@ def test_cache_text_encoder_outputs_match_trainer_family(tiny_ckpt, sample, caps
 
 
 def test_long_captions_chunked_like_trainer(tiny_ckpt):
-    from library.checkpoint_io import load_models
+    from library.checkpoint.io import load_models
     from sd_train.families.sdxl import SdxlFamily
 
     models = load_models(tiny_ckpt("sdxl"))
@@ -124,7 +124,7 @@ def test_family_errors_are_one_line(tiny_ckpt, sample, capsys):
 
 
 def test_weighted_captions_encode_like_trainer_and_key_the_cache(tiny_ckpt, sample, capsys):
-    from library.checkpoint_io import load_models
+    from library.checkpoint.io import load_models
     from sd_train.families.sdxl import SdxlFamily
 
     toml, folder = sample

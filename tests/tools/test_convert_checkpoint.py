@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from library import checkpoint_convert as cc
-from library.checkpoint_io import load_models
-from library.diffusers_export import save_diffusers_folder
+from library.checkpoint import convert as cc
+from library.checkpoint.io import load_models
+from library.checkpoint.diffusers_export import save_diffusers_folder
 from library.errors import UserError
 from tools import convert_checkpoint as tool
 
@@ -80,7 +80,7 @@ def test_folder_loads_in_diffusers_and_transformers(arch, folders):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from library.models.tokenizer import ClipTokenizer
+    from library.text.tokenizer import ClipTokenizer
 
     src, folder = folders[arch]
     ours = load_file(str(folder / "text_encoder" / "model.safetensors"))
@@ -127,7 +127,7 @@ def test_sdxl_unet_matches_diffusers(folders):
 def test_sdxl_text_encoders_match_transformers(folders):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from library.models.tokenizer import ClipTokenizer
+    from library.text.tokenizer import ClipTokenizer
 
     src, folder = folders["sdxl"]
     te1, te2 = load_models(src).text_encoders
@@ -158,7 +158,7 @@ def test_refuses_existing_output_without_overwrite(folders, tmp_path, capsys):
     assert tool.main(argv) == 0
     sd = load_file(str(out))
     assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float16}
-    from library.safetensors_io import read_metadata
+    from library.io.safetensors_io import read_metadata
 
     assert read_metadata(out)["title"] == "tiny"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from library.lora_convert import adapter_metadata, alpha_from_metadata
-from library.lora_math import delta_weight
-from library.safetensors_io import read_metadata
+from library.lora.convert import adapter_metadata, alpha_from_metadata
+from library.lora.algebra import delta_weight
+from library.io.safetensors_io import read_metadata
 from tools import convert_lora
 
 

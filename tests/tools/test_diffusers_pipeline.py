@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from library.checkpoint_io import load_models
+from library.checkpoint.io import load_models
 from library.models.sdxl_unet import size_embedding
-from library.models.tokenizer import ClipTokenizer
-from library.pipelines import build_diffusers_pipeline
+from library.text.tokenizer import ClipTokenizer
+from library.checkpoint.pipelines import build_diffusers_pipeline
 
 METADATA = {"sdxl": {"ss_base_model_version": "sdxl_base_v1-0"}, "sd15": {"ss_base_model_version": "sd_v1"}}
 PREFIXES = {"sdxl": ("lora_te1_text_model_", "lora_te2_text_model_", "lora_unet_input_blocks_",

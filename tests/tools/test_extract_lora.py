@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from library.lora_file import read_lora
-from library.lora_math import delta_weight
-from library.lora_svd import svd_merge_factors
-from library.safetensors_io import read_header, read_metadata
+from library.lora.file import read_lora
+from library.lora.algebra import delta_weight
+from library.lora.svd import svd_merge_factors
+from library.io.safetensors_io import read_header, read_metadata
 from tools import extract_lora, merge_lora, svd_merge_lora
 
 

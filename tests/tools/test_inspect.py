@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from library.lora_convert import checkpoint_targets
+from library.lora.convert import checkpoint_targets
 from tools import check_lora_weights, show_metadata
 
 
@@ -40,7 +40,7 @@ def test_show_metadata_summary(tmp_path, kit, capsys):
     assert "sshs_model_hash: matches the data section" in out
     assert "top 2 tags: cat (5), tree (4)" in out and "dtypes: {\"F32\": 36}" in out
     lyco = kit.save(t, tmp_path / "y.safetensors")
-    from library.safetensors_io import load_file, save_lora_file
+    from library.io.safetensors_io import load_file, save_lora_file
 
     tensors, m = load_file(lyco)
     save_lora_file(tensors, tmp_path / "z.safetensors", {**m, "sshs_model_hash": "0xabc"}, add_hashes=False)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from library.errors import UserError
-from library.lora_file import group_modules, load_tensors
+from library.lora.file import group_modules, load_tensors
 from tools import check_lora_weights, merge_lora, resize_lora
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from library.lora_convert import checkpoint_targets, lbw_block_index, lbw_slots, lbw_weight
-from library.lora_file import read_lora
-from library.safetensors_io import read_header
+from library.lora.convert import checkpoint_targets, lbw_block_index, lbw_slots, lbw_weight
+from library.lora.file import read_lora
+from library.io.safetensors_io import read_header
 from tools import merge_lora, svd_merge_lora
 
 

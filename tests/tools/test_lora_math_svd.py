@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from library.lora_svd import clamp_quantile, dynamic_rank, padded_singular_values, product_svd, resize_factors, retention_stats, svd_merge_factors, truncate_svd
+from library.lora.svd import clamp_quantile, dynamic_rank, padded_singular_values, product_svd, resize_factors, retention_stats, svd_merge_factors, truncate_svd
 
 
 def _factors(out, n, r, dtype, gen, deficient=0):

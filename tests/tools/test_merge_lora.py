@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from library.lora_convert import checkpoint_targets
-from library.lora_file import read_lora
-from library.lora_math import delta_weight
-from library.safetensors_io import read_header, read_metadata
+from library.lora.convert import checkpoint_targets
+from library.lora.file import read_lora
+from library.lora.algebra import delta_weight
+from library.io.safetensors_io import read_header, read_metadata
 from tools import merge_lora
 
 

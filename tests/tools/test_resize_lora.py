@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from library.lora_file import read_lora
-from library.safetensors_io import data_section_sha256, read_metadata
+from library.lora.file import read_lora
+from library.io.safetensors_io import data_section_sha256, read_metadata
 from tools import resize_lora
 
 

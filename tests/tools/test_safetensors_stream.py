@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from library.errors import UserError
-from library.safetensors_stream import canonical_order, write_streaming
+from library.io.safetensors_stream import canonical_order, write_streaming
 
 
 def _tensors():

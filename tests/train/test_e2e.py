@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from library.safetensors_io import load_file, read_header
+from library.io.safetensors_io import load_file, read_header
 from sd_train.sdxl_train_network import main as sdxl_main
 from sd_train.train_network import main as sd_main
 
@@ -209,7 +209,7 @@ def test_gradient_checkpointing_reaches_trained_text_encoders_and_keeps_the_resu
 def test_separate_vae_is_named_and_hashed_in_the_metadata(assets, tmp_path):
     from safetensors.torch import save_file
 
-    from library.safetensors_io import file_model_hashes
+    from library.io.safetensors_io import file_model_hashes
 
     tensors, _ = load_file(assets[0])
     vae_file = tmp_path / "my_vae.safetensors"

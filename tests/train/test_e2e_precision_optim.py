@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from library.safetensors_io import load_file
+from library.io.safetensors_io import load_file
 from sd_train.sdxl_train_network import main as sdxl_main
 
 
@@ -103,7 +103,7 @@ def test_torch_compile_trains_the_same_through_the_compiled_unet(assets, tmp_pat
 
 
 def test_unregistered_compile_backend_is_one_line_before_models_load(assets, tmp_path, capsys, monkeypatch):
-    import library.checkpoint_io as cio
+    import library.checkpoint.io as cio
 
     monkeypatch.setattr(cio, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
     ckpt, toml = assets

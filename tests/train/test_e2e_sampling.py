@@ -76,7 +76,7 @@ def test_unknown_prompt_keys_are_ignored_like_kohya(tmp_path, caplog):
 
 
 def test_missing_prompt_file_fails_before_models_load(assets, tmp_path, capsys, monkeypatch):
-    import library.checkpoint_io as cio
+    import library.checkpoint.io as cio
     from sd_train.sdxl_train_network import main as sdxl_main
 
     monkeypatch.setattr(cio, "load_models", lambda *a, **k: pytest.fail("models were loaded"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from library.models.text_encoders import ClipTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-from library.text_conditioning import chunk_token_ids, join_chunk_states
+from library.text.conditioning import chunk_token_ids, join_chunk_states
 from sd_train.families.sd import SdFamily
 from sd_train.families.sdxl import SdxlFamily, size_embedding, size_values
 
@@ -112,8 +112,8 @@ def test_sdxl_ignores_clip_skip_with_warning(caplog):
 def test_tokenizer_cache_dir_uses_kohya_folders(tmp_path, caplog):
     import json
 
-    from library.models.tokenizer import ClipTokenizer, builtin_vocabulary
-    from library.text_conditioning import load_tokenizer
+    from library.text.tokenizer import ClipTokenizer, builtin_vocabulary
+    from library.text.conditioning import load_tokenizer
 
     vocab, merges = builtin_vocabulary()
     folder = tmp_path / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"

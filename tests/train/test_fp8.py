@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from library.errors import UserError
-from library.fp8 import compute_dtype, store_in_fp8
-from library.safetensors_io import load_file
+from library.models.fp8 import compute_dtype, store_in_fp8
+from library.io.safetensors_io import load_file
 from sd_train.options import TrainOptions
 from sd_train.options.rules import normalize, validate
 from sd_train.sdxl_train_network import main as sdxl_main

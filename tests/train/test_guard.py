@@ -69,7 +69,7 @@ def _run(tmp_path, steps, *extra):
 
 
 def test_injected_nan_step_is_skipped_and_reported(tmp_path, monkeypatch, capsys):
-    from library.safetensors_io import load_file
+    from library.io.safetensors_io import load_file
 
     _nan_noise(monkeypatch, {1})
     assert _run(tmp_path, 2) == 0

@@ -1,4 +1,4 @@
-"""library.hub: hub ids for the base model and --vae are fetched into the cache, never guessed."""
+"""library.checkpoint.hub: hub ids for the base model and --vae are fetched into the cache, never guessed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from library import hub
+from library.checkpoint import hub
 from library.errors import UserError
-from library.safetensors_io import read_header
+from library.io.safetensors_io import read_header
 from sd_train.sdxl_train_network import main as sdxl_main
 
 
@@ -56,8 +56,8 @@ def test_repository_without_safetensors_is_one_line(monkeypatch, tmp_path):
 def test_training_from_a_hub_id_loads_the_snapshot_and_records_the_id(assets, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from library.checkpoint_io import load_models
-    from library.diffusers_export import save_diffusers_folder
+    from library.checkpoint.io import load_models
+    from library.checkpoint.diffusers_export import save_diffusers_folder
 
     ckpt, toml = assets
     snapshot = tmp_path / "snapshot"

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from library.errors import UserError
-from library.safetensors_io import read_header
+from library.io.safetensors_io import read_header
 from sd_train.resume import Progress, initial_progress
 from sd_train.sdxl_train_network import main as sdxl_main
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from library.safetensors_io import load_file
+from library.io.safetensors_io import load_file
 from sd_train.loader import EpochLoader
 from sd_train.sdxl_train_network import main as sdxl_main
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sd_train
-from library.safetensors_io import read_metadata, save_lora_file
+from library.io.safetensors_io import read_metadata, save_lora_file
 from sd_train.metadata import MINIMAL_KEYS, base_model_version, build_metadata, build_modelspec, update_for_save
 from sd_train.options import TrainOptions
 
@@ -161,7 +161,7 @@ def test_modelspec_optional_fields(tmp_path):
 
 
 def test_model_info_keeps_hub_ids_and_hashes_local_files(tmp_path):
-    from library.safetensors_io import file_model_hashes
+    from library.io.safetensors_io import file_model_hashes
     from sd_train.families.sdxl import SdxlFamily
 
     vae = tmp_path / "vae.safetensors"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from library.safetensors_io import read_header
+from library.io.safetensors_io import read_header
 
 
 def _free_port() -> int:

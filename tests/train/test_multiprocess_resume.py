@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from library.safetensors_io import load_file
+from library.io.safetensors_io import load_file
 
 
 def _free_port() -> int:

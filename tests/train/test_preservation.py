@@ -14,7 +14,7 @@ import torch
 from library.dataset import BucketBatchDataset, CliDefaults, build_plan, prepare
 from library.errors import UserError
 from library.models.sdxl_unet import SdxlUNet, SdxlUNetConfig
-from library.safetensors_io import load_file
+from library.io.safetensors_io import load_file
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train import objective, preservation

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from library.safetensors_io import load_file
+from library.io.safetensors_io import load_file
 from sd_train.sdxl_train_network import main as sdxl_main
 
 

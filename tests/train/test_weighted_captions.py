@@ -8,10 +8,10 @@ import torch
 
 from library.errors import UserError
 from library.models.text_encoders import ClipTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-from library.models.tokenizer import ClipTokenizer
-from library.prompt_weights import (apply_token_weights, chunk_token_weights, join_chunk_weights,
+from library.text.tokenizer import ClipTokenizer
+from library.text.prompt_weights import (apply_token_weights, chunk_token_weights, join_chunk_weights,
                                     parse_prompt_attention, tokenize_chunks_weighted, tokenize_weighted)
-from library.text_conditioning import chunk_token_ids
+from library.text.conditioning import chunk_token_ids
 from sd_train.families.base import family_kwargs
 from sd_train.families.sd import SdFamily
 from sd_train.families.sdxl import SdxlFamily
@@ -237,7 +237,7 @@ def assets(tiny_sdxl, tmp_path_factory):
 
 
 def _train(ckpt, toml, out, *extra):
-    from library.safetensors_io import load_file
+    from library.io.safetensors_io import load_file
     from sd_train.sdxl_train_network import main
 
     args = ["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml), "--output_dir", str(out),

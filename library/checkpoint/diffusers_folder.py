@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from library import keymaps
+from library.checkpoint import keymaps
 from library.errors import UserError
 
 _EOS = 49407
@@ -81,8 +81,8 @@ def _kwargs(cfg: dict) -> dict:
 
 
 def load_diffusers_folder(root: Path, *, expected_family=None, v2=False, dtype=torch.float32, device="cpu"):
-    """Load ``root`` (a diffusers pipeline folder) as :class:`library.checkpoint_io.LoadedModels`."""
-    from library import checkpoint_io as cio
+    """Load ``root`` (a diffusers pipeline folder) as :class:`library.checkpoint.io.LoadedModels`."""
+    from library.checkpoint import io as cio
     from safetensors import safe_open
 
     family = folder_family(root)

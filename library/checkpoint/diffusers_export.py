@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from library import keymaps
-from library.checkpoint_diffusers import sdxl_config_to_diffusers
+from library.checkpoint import keymaps
+from library.checkpoint.diffusers_folder import sdxl_config_to_diffusers
 from library.errors import UserError
 
 BETA_START, BETA_END = 0.00085, 0.012
@@ -106,7 +106,7 @@ def write_tokenizer(folder: Path, pad_token: str) -> None:
         folder: Output folder (created).
         pad_token: ``"<|endoftext|>"`` (CLIP-L) or ``"!"`` (OpenCLIP: SD2, SDXL ``tokenizer_2``).
     """
-    from library.models.tokenizer import BOS_TOKEN, EOS_TOKEN, builtin_vocabulary
+    from library.text.tokenizer import BOS_TOKEN, EOS_TOKEN, builtin_vocabulary
 
     vocab, merges = builtin_vocabulary()
     folder.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ def save_diffusers_folder(models, out_dir: str | os.PathLike, *, variant: str | 
     """Write ``models`` as a diffusers pipeline folder, atomically (temporary sibling folder, then rename).
 
     Args:
-        models: A :class:`library.checkpoint_io.LoadedModels`.
+        models: A :class:`library.checkpoint.io.LoadedModels`.
         out_dir: The folder to create; it must not exist yet.
         variant: diffusers weight variant (``"fp16"`` writes ``model.fp16.safetensors`` …), or ``None``.
         dtype: Cast floating-point weights to this dtype; ``None`` keeps each tensor's dtype.

@@ -1,6 +1,6 @@
 """A diffusers pipeline built from sd-train's loaded models (offline).
 
-The models are exported with :func:`library.diffusers_export.save_diffusers_folder` and loaded back
+The models are exported with :func:`library.checkpoint.diffusers_export.save_diffusers_folder` and loaded back
 with ``from_pretrained(folder, local_files_only=True)``, so the pipeline uses diffusers' and
 transformers' own module classes. It is the bridge used to prove that sd-train LoRA files load in
 diffusers (``pipe.load_lora_weights(path)``) and to render a preview in the quickstart.
@@ -18,7 +18,7 @@ def build_diffusers_pipeline(models, tmp_dir: str | os.PathLike, *, dtype: torch
     """Export ``models`` under ``tmp_dir`` and load them as a diffusers pipeline.
 
     Args:
-        models: A :class:`library.checkpoint_io.LoadedModels` (SD1, SD2 or SDXL).
+        models: A :class:`library.checkpoint.io.LoadedModels` (SD1, SD2 or SDXL).
         tmp_dir: A folder that may be written; the pipeline folder is ``tmp_dir/diffusers_<family>``
             (an existing one is reused).
         dtype: Weight dtype of the pipeline; ``None`` keeps the stored dtypes.
@@ -30,7 +30,7 @@ def build_diffusers_pipeline(models, tmp_dir: str | os.PathLike, *, dtype: torch
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from library.diffusers_export import save_diffusers_folder
+    from library.checkpoint.diffusers_export import save_diffusers_folder
 
     folder = Path(tmp_dir) / f"diffusers_{models.family}"
     if not (folder / "model_index.json").is_file():

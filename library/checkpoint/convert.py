@@ -14,7 +14,7 @@ from typing import Mapping
 
 import torch
 
-from library import keymaps
+from library.checkpoint import keymaps
 from library.errors import UserError
 
 CONFIG_METADATA_KEY = "sd_train.model_config"

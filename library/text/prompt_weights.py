@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from library.errors import UserError
-from library.text_conditioning import CHUNK, chunk_token_ids
+from library.text.conditioning import CHUNK, chunk_token_ids
 
 ROUND_MULTIPLIER = 1.1  # kohya-compat: A1111's "(x)" emphasis factor
 SQUARE_MULTIPLIER = 1 / 1.1  # kohya-compat: A1111's "[x]" de-emphasis factor
@@ -108,7 +108,7 @@ def caption_token_weights(tokenizer, caption: str, max_length: int) -> tuple[lis
     ``BOS + body + EOS`` and padded with ``tokenizer.pad_token_id``. BOS, EOS and padding weigh 1.0.
 
     Args:
-        tokenizer: A :class:`library.models.tokenizer.ClipTokenizer`.
+        tokenizer: A :class:`library.text.tokenizer.ClipTokenizer`.
         caption: One caption.
         max_length: Row length (77, 152 or 227).
 
@@ -133,7 +133,7 @@ def tokenize_weighted(tokenizer, texts: str | Sequence[str],
     """Batch version of :func:`caption_token_weights`.
 
     Args:
-        tokenizer: A :class:`library.models.tokenizer.ClipTokenizer`.
+        tokenizer: A :class:`library.text.tokenizer.ClipTokenizer`.
         texts: One caption or a list of captions.
         max_length: Row length; defaults to ``tokenizer.model_max_length`` (77).
 

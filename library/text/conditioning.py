@@ -65,7 +65,7 @@ def load_tokenizer(kind: str, cache_dir: str | None):
             ``"sd2"`` (both OpenCLIP: pad with id 0, ``!``).
         cache_dir: ``--tokenizer_cache_dir`` or ``None``.
     """
-    from library.models.tokenizer import ClipTokenizer, resolve_tokenizer_dir
+    from library.text.tokenizer import ClipTokenizer, resolve_tokenizer_dir
 
     builtin = ClipTokenizer.clip_l() if kind == "clip_l" else ClipTokenizer.openclip()
     folder = resolve_tokenizer_dir(cache_dir, kind)  # kohya-compat: kohya's tokenizer cache folders

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from library.lora_math import lora_scale
+from library.lora.algebra import lora_scale
 
 ZERO_SV = 1e-6  # kohya-compat: resize_lora's MIN_SV, below which a module counts as all-zero
 

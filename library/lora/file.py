@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 
 from library.errors import UserError
-from library.safetensors_io import load_file, save_lora_file
+from library.io.safetensors_io import load_file, save_lora_file
 
 PAIRS = (("lora_down.weight", "lora_up.weight"), ("lora_A.weight", "lora_B.weight"), ("down", "up"))
 KOHYA_PAIR = PAIRS[0]

@@ -1,7 +1,7 @@
 """LoRA module names ⇄ diffusers/PEFT names and ⇄ checkpoint keys (FORMAT.md §9, §10; TOOLS.md §1, §6).
 
 UNet names are never inverted by replacing underscores: every table is generated from real module
-paths, either from a model config (``library.keymaps``, built on the ``meta`` device) or from the
+paths, either from a model config (``library.checkpoint.keymaps``, built on the ``meta`` device) or from the
 keys of the checkpoint at hand. Text-encoder names follow a fixed grammar of six leaves per layer.
 """
 
@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 
 from library.errors import UserError
-from library.keymaps import ldm_unet_to_diffusers_map, unet_ldm_to_diffusers_key
+from library.checkpoint.keymaps import ldm_unet_to_diffusers_map, unet_ldm_to_diffusers_key
 
 TE_RE = re.compile(r"^(lora_te[12]?)_text_model_encoder_layers_(\d+)_(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc1|mlp_fc2)$")
 _TE_PATH_RE = re.compile(r"^(?:text_model\.)?encoder\.layers\.(\d+)\.(self_attn\.[qkv]_proj|self_attn\.out_proj|mlp\.fc1|mlp\.fc2)$")

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 import torch
 
 from library.errors import UserError
-from library.safetensors_io import atomic_path
+from library.io.safetensors_io import atomic_path
 
 # Rank order of safetensors' Rust ``Dtype`` enum; tensors are written from the highest rank down.
 _DTYPE_ORDER = ("BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",

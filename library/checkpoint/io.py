@@ -16,10 +16,10 @@ from typing import Iterable, Iterator
 
 import torch
 
-from library import checkpoint_convert as cc
-from library.checkpoint_convert import configs_from_json, configs_to_json, default_configs
+from library.checkpoint import convert as cc
+from library.checkpoint.convert import configs_from_json, configs_to_json, default_configs
 from library.errors import UserError
-from library.safetensors_io import atomic_path, mapped_tensors, read_header, read_tensors, stored_dtypes
+from library.io.safetensors_io import atomic_path, mapped_tensors, read_header, read_tensors, stored_dtypes
 
 logger = logging.getLogger(__name__)
 CONFIG_METADATA_KEY = cc.CONFIG_METADATA_KEY
@@ -69,7 +69,7 @@ def detect_path_family(path: str | os.PathLike) -> str:
     """Family of a checkpoint file or diffusers folder, read from its keys/configs without building models."""
     p = Path(path)
     if p.is_dir():
-        from library.checkpoint_diffusers import folder_family
+        from library.checkpoint.diffusers_folder import folder_family
 
         return folder_family(p)
     return detect_family(open_tensors(p)[0])
@@ -224,7 +224,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
     """
     p = Path(path)
     if p.is_dir():
-        from library.checkpoint_diffusers import load_diffusers_folder
+        from library.checkpoint.diffusers_folder import load_diffusers_folder
 
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
         torch.nn.Module.to(models.unet, unet_dtype or dtype)  # diffusers' to() warns needlessly
