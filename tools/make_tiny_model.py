@@ -38,6 +38,11 @@ def tiny_configs(arch: str) -> tuple[str, dict]:
     return "sd1", {"unet": sd_unet_config("sd1", tiny=True), "text_encoders": [ClipTextConfig.tiny()], "vae": vae}
 
 
+def checkpoint_extras(family: str) -> dict:
+    """Kept-aside tensors a single file of ``family`` carries besides the models (SDXL's CLIP ``logit_scale``)."""
+    return {"conditioner.embedders.1.model.logit_scale": torch.tensor(4.6052)} if family == "sdxl" else {}
+
+
 def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
     """Give every tensor small seeded random values (default inits leave zeros and ones)."""
     with torch.no_grad():
@@ -70,8 +75,7 @@ def make_tiny_checkpoint(arch: str, path: str | Path, seed: int = 0) -> Path:
     gen = torch.Generator().manual_seed(seed)
     for m in (unet, *tes, vae):
         _randomize(m, gen)
-    extras = {"conditioner.embedders.1.model.logit_scale": torch.tensor(4.6052)} if family == "sdxl" else {}
-    save_models(LoadedModels(family, unet, tes, vae, configs, extras, None), path)
+    save_models(LoadedModels(family, unet, tes, vae, configs, checkpoint_extras(family), None), path)
     return Path(path)
 
 
