@@ -22,7 +22,7 @@ from sd_train.options.rules import normalize, validate
 logger = logging.getLogger(__name__)
 
 PROGS = {"sd": "train_network.py", "sdxl": "sdxl_train_network.py"}
-NEVER_WRITTEN = ("config_file", "output_config", "wandb_api_key", "huggingface_token", "debug")
+NEVER_WRITTEN = ("config_file", "output_config", "wandb_api_key", "huggingface_token", "debug", "dry_run")
 _ACCEPTED = {str: (str,), int: (int, str), float: (int, float, str)}
 _HINT_SPREAD = 0.1
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number"}

@@ -36,9 +36,10 @@ from sd_train.families.base import family_kwargs
 from sd_train.distributed import average_gradients, gloo_on_cpu, process_state
 from sd_train.guard import NanGuard, batch_report, finite_flags
 from sd_train.loader import EpochLoader
+from sd_train.narration import Narrator
 from sd_train.network_host import NetworkHost, parse_network_args
 from sd_train.resume import Progress
-from sd_train.steps import compute_steps
+from sd_train.steps import compute_steps, effective_save_every_n_epochs
 from sd_train.validation import Validator
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
@@ -100,15 +101,15 @@ class Trainer:
                                 latents_cached=d.cache_latents or d.cache_latents_to_disk)
         if self.opts.sampling.sample_prompts:
             sampling.load_prompts(self.opts.sampling.sample_prompts, warn=True)  # a bad file fails now, not mid-run
-        if process_state(self.opts.training.ddp_timeout).is_main_process:  # only rank 0 writes files
+        main, dry = process_state(self.opts.training.ddp_timeout).is_main_process, self.opts.training.dry_run
+        if main and not dry:  # only rank 0 writes files; --dry_run writes none
             checkpointing.prepare_output_dir(s.output_dir)
-            (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
-                json.dumps(self.prepared.report(), indent=2, default=str))
-            print(self.prepared.format_report())
         self.dataset = BucketBatchDataset(self.prepared.train, dataset_seed=self.dataset_seed)
         self.val_dataset = (BucketBatchDataset(self.prepared.validation, dataset_seed=self.dataset_seed)
                             if self.prepared.validation else None)
-        return not self.opts.dataset.debug_dataset
+        # prints the dataset report and the plan; writes the dataset report and the run record
+        self.narrator = Narrator.start(self.opts, self.prepared, len(self.dataset), self.family)
+        return not (self.opts.dataset.debug_dataset or dry)
 
     def _setup_accelerator(self) -> None:
         log, mp = self.opts.logging, self.opts.model.mixed_precision
@@ -175,6 +176,7 @@ class Trainer:
             self.host.enable_gradient_checkpointing()
         m = self.opts.model
         self.unet_fn = objective.compile_unet(unet, m.dynamo_backend) if m.torch_compile else unet
+        self.narrator.network_ready(self.host.network, self.accelerator.device)
 
     def _release_cached_inputs(self) -> None:
         """sd-train: free the VAE / text encoders once their outputs are cached and nothing else needs
@@ -196,9 +198,9 @@ class Trainer:
             len(self.dataset), acc.num_processes, t.gradient_accumulation_steps, t.max_train_steps,
             t.max_train_epochs)
         self.dataset.max_train_steps = self.max_train_steps  # token warm-up fractions (CLI.md §7)
-        ratio = self.opts.saving.save_n_epoch_ratio
-        if ratio and ratio > 0:  # kohya-compat: N saves over the run, once the epoch count is known
-            self.opts = self.opts.replace(save_every_n_epochs=max(1, self.num_epochs // ratio))
+        s = self.opts.saving  # kohya-compat: --save_n_epoch_ratio sets the cadence once the epochs are known
+        self.opts = self.opts.replace(save_every_n_epochs=effective_save_every_n_epochs(
+            s.save_every_n_epochs, s.save_n_epoch_ratio, self.num_epochs))
         self.optimizer, self.optimizer_name = optim.build_optimizer(groups, o.optimizer_type, o.learning_rate,
                                                                     o.optimizer_args)
         self.lr_scheduler = optim.build_scheduler(
@@ -238,7 +240,7 @@ class Trainer:
         accum = self.opts.training.gradient_accumulation_steps
         tes = self.family.plugin_text_encoders(self.models)
         tracking.init_trackers(acc, self.opts)
-        sampling.maybe_sample(self, None)  # --sample_at_first (only at step 0)
+        self.narrator.sample(self, None)  # --sample_at_first (only at step 0)
         d = self.opts.dataset
         loader = EpochLoader(self.dataset, acc.num_processes, acc.process_index, d.max_data_loader_n_workers,
                              d.persistent_data_loader_workers)
@@ -246,6 +248,7 @@ class Trainer:
                   disable=not acc.is_local_main_process) as bar:
             while p.epoch < self.num_epochs and p.global_step < self.max_train_steps:
                 self.host.on_epoch_start(tes, self.models.unet)
+                self.narrator.epoch_start(p.epoch + 1)
                 n_batches, window = len(loader.indices()), []
                 for index, batch in enumerate(loader.epoch(p.epoch, p.batch_index, p.global_step), start=p.batch_index):
                     self.host.on_step_start(tes, self.models.unet)
@@ -260,6 +263,7 @@ class Trainer:
                     if p.global_step % LOSS_READ_EVERY == 0 or p.global_step == self.max_train_steps:
                         self._flush_losses(bar)
                     self._after_step()
+                    self.narrator.step_done(p.global_step)
                     if p.global_step >= self.max_train_steps:
                         break
                 self._flush_losses(bar)
@@ -268,28 +272,29 @@ class Trainer:
         self._save_model("final", epoch=self.num_epochs)
         if s.save_state or s.save_state_on_train_end:
             self.save_state("final")
+        self.narrator.finish(self)
 
     def _after_step(self) -> None:
         """Step cadence after an optimizer step: sampling first, then checkpoint and state folder."""
         step, s = self.progress.global_step, self.opts.saving
-        sampling.maybe_sample(self, None)
+        self.narrator.sample(self, None)
         if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < self.max_train_steps:
             self._save_model("step")
             if s.save_state:
                 self.save_state("step")
-        self.validator.after_step(step)
+        self.narrator.validation("step", step, self.validator.after_step(step))
 
     def _end_epoch(self, epoch_no: int) -> None:
         """End of epoch ``epoch_no`` (from 1): epoch average, epoch checkpoint (not the last), sampling."""
         p, s = self.progress, self.opts.saving
         self.accelerator.log({"loss/epoch_average": self.losses.average}, step=epoch_no)
-        self.validator.after_epoch(epoch_no)
+        self.narrator.epoch_end(epoch_no, self.losses.average, self.validator.after_epoch(epoch_no))
         p.epoch, p.batch_index = p.epoch + 1, 0
         if s.save_every_n_epochs and epoch_no % s.save_every_n_epochs == 0 and epoch_no < self.num_epochs:
             self._save_model("epoch", epoch=epoch_no)
             if s.save_state:
                 self.save_state("epoch", epoch=epoch_no)
-        sampling.maybe_sample(self, epoch_no)
+        self.narrator.sample(self, epoch_no)
 
     def train_step(self, batch: dict, accum: int = 1) -> torch.Tensor:
         """One micro-batch: latents → noise → predict → loss → backward; returns the detached loss. No host
@@ -320,7 +325,7 @@ class Trainer:
             if scaler is not None:
                 scaler.update()  # clip_grad_norm_ unscaled: reset GradScaler's step state, lower the scale
             report = batch_report(batch, self._last_timesteps)
-            self.accelerator.print(f"skipped non-finite step {step}: {report}")
+            self.narrator.nan_skip(step, report)
             self.guard.record_skip(step, "loss or gradient norm", report)
         self.optimizer.zero_grad(set_to_none=True)
         if self.opts.network.scale_weight_norms:
@@ -330,6 +335,7 @@ class Trainer:
     def _flush_losses(self, bar=None) -> None:
         """Read pending losses (one host sync) and log kohya's scalars at the current step."""
         rows = self.losses.flush()
+        self.narrator.losses(rows)
         extra = {f"lr/{d}": g["lr"] for d, g in zip(self.lr_descriptions, self.optimizer.param_groups)}
         extra["sd_train/nonfinite_steps_skipped"] = self.guard.skipped_total
         for step, current, average in rows:
@@ -343,8 +349,8 @@ class Trainer:
         s, unit = self.opts.saving, "steps" if kind == "step" else "epochs"
         every, keep = getattr(s, f"save_every_n_{unit}"), getattr(s, f"save_last_n_{unit}")
         keep = (getattr(s, f"save_last_n_{unit}_state") if state else None) or keep
-        checkpointing.prune_after_save(s.output_dir, new_path, kind, s.output_name, index, every, keep,
-                         ext=None if state else s.save_model_as)
+        self.narrator.removed(checkpointing.prune_after_save(s.output_dir, new_path, kind, s.output_name, index,
+                                                             every, keep, ext=None if state else s.save_model_as))
 
     def _save_model(self, kind: str, epoch: int | None = None) -> Path:
         """Write a checkpoint through the host (finite check + atomic rename), then prune."""
@@ -354,18 +360,21 @@ class Trainer:
         path = Path(s.output_dir) / checkpointing.model_file_name(kind, s.output_name, s.save_model_as, index)
         if self.accelerator.is_main_process:
             meta = metadata.update_for_save(self.metadata, step, epoch or self.progress.epoch + 1)
-            self.host.save(str(path), self.save_dtype, meta)
+            with self.narrator.saving(path, self, report=kind != "final"):  # the report is rewritten at each save
+                self.host.save(str(path), self.save_dtype, meta)
             if kind != "final":
                 self._prune(kind, path, index, state=False)
         return path
 
     def save_state(self, kind: str, epoch: int | None = None) -> Path:
         """Write a state folder (see :func:`sd_train.resume.save_state`)."""
-        return resume.save_state(self, kind, epoch)
+        return self.narrator.wrote(resume.save_state(self, kind, epoch), "state")
 
     def cleanup(self) -> None:
         """End accelerate's trackers; in a single process, forget accelerate's global state so that
         ``main()`` can run again in-process with other precision settings (tests, notebooks)."""
+        if hasattr(self, "narrator"):
+            self.narrator.close(self)  # a run that did not finish keeps its record and report
         if not hasattr(self, "accelerator"):  # stopped before accelerate started (bad input, --debug_dataset)
             return
         self.accelerator.end_training()

@@ -42,6 +42,8 @@ class TrainingOptions:
     fp16_master_weights_and_gradients: bool = flag("DeepSpeed fp16 master weights (not supported)")
     config_file: str | None = opt(None, "Training TOML whose keys are these options ('.toml' is appended)")
     output_config: bool = flag("Write the non-default options to --config_file and exit")
+    dry_run: bool = flag("sd-train: print the dataset report and the run plan, then exit 0 without "
+                         "loading any model")  # sd-train: not a kohya flag
     noise_offset: float | None = opt(None, "Noise offset strength (about 0.1)", type=float, common=True)
     noise_offset_random_strength: bool = flag("Scale the noise offset by U(0,1) each step")
     adaptive_noise_scale: float | None = opt(
