@@ -231,8 +231,11 @@ class Narrator:
         print("\n".join(summary_lines(self.record, self.out, self.opts)))
 
     def close(self, trainer) -> None:
-        """Cleanup of a run that did not finish (error, interrupt): keep the record and the report."""
-        if self.active and self.record.get("status") == "running":
-            path = self.checkpoint(trainer, "stopped")
-            if path is not None and self.main:
-                logger.warning("run stopped at step %d; what it made so far: %s", self.record["steps_done"], path)
+        """Cleanup of a run that did not finish (error, interrupt): the record says so and, once the run had
+        trained or written something, the report is rebuilt. Silent: the error itself is the line to read."""
+        if not self.active or self.record.get("status") != "running":
+            return
+        if self.record["steps_done"] or len(self.record["files"]) > 1:
+            self.checkpoint(trainer, "stopped")
+        else:
+            self.write_record("stopped")
