@@ -33,7 +33,8 @@ def _network(plan, opts) -> str:
             f"{n.network_alpha:g}, {conv}; trains {parts}{why}")
     e = plan.estimate
     if e is not None:
-        line += f"; ~{e.modules} modules ({e.unet_modules} UNet, {e.te_modules} text encoder), {e.params:,} parameters"
+        parts = [f"{n} {where}" for n, where in ((e.unet_modules, "UNet"), (e.te_modules, "text encoder")) if n]
+        line += f"; ~{e.modules} modules ({', '.join(parts)}), {e.params:,} parameters"
     return line
 
 
@@ -150,7 +151,7 @@ def format_plan(plan, opts, report: dict, family) -> list[str]:
     return ["plan:"] + labelled(rows)
 
 
-def labelled(rows: list[tuple[str, str]], width: int = 10) -> list[str]:
+def labelled(rows: list[tuple[str, str]], width: int = 12) -> list[str]:
     """``  label     text`` lines; a label repeated on consecutive rows is shown once."""
     lines, previous = [], None
     for label, text in rows:

@@ -23,7 +23,7 @@ def _figure(width: float = 7.5, height: float = 2.8):
 
 def _svg(fig, element_id: str) -> str:
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
+    fig.savefig(buffer, format="svg", metadata={key: None for key in ("Creator", "Date", "Format", "Type")})
     text = buffer.getvalue()
     text = text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG is inlined in HTML
     return text.replace("<svg ", f'<svg id="{element_id}" role="img" ', 1)
@@ -43,7 +43,7 @@ def loss_chart(current: list[tuple[int, float]], average: list[tuple[int, float]
         ax.plot(*zip(*validation), "s-", color=COLORS[1], markersize=4, linewidth=1.2, label="validation")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    ax.legend(loc="best", fontsize=8, frameon=True, framealpha=0.85, edgecolor="none")
     return _svg(fig, "loss-chart")
 
 
