@@ -70,14 +70,14 @@ def _loss_section(files: RunFiles) -> str:
     if not s.get("loss/current") and not means:  # no TensorBoard events: the epoch means of the run record
         means = [(e["epoch"] * per_epoch, e["mean_loss"]) for e in files.record.get("epochs", [])]
     if not (s.get("loss/current") or means):
-        return '<p class="muted" id="loss-chart">No loss values yet (TensorBoard logs come with --logging_dir).</p>'
+        return '<p class="muted" id="loss-missing">No loss values yet (TensorBoard logs come with --logging_dir).</p>'
     return charts.loss_chart(s.get("loss/current", []), s.get("loss/average", []), validation, means)
 
 
 def _lr_section(files: RunFiles) -> str:
     groups = {tag[3:]: points for tag, points in files.scalars.items() if tag.startswith("lr/") and points}
     if not groups:
-        return '<p class="muted" id="lr-chart">No learning-rate values (TensorBoard logs come with --logging_dir).</p>'
+        return '<p class="muted" id="lr-missing">No learning-rate values (TensorBoard logs come with --logging_dir).</p>'
     return charts.lr_chart(groups)
 
 
