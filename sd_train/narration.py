@@ -49,6 +49,7 @@ class Narrator:
         self.clock = run_stats.Clock()
         self.epoch_started = time.perf_counter()
         self.device = None
+        self.announced: set[Path] = set()
 
     @classmethod
     def start(cls, opts, prepared, batches: int, family) -> "Narrator":
@@ -202,6 +203,13 @@ class Narrator:
         """Write ``{output_dir}/{file_name}`` atomically (temporary file, then rename)."""
         with atomic_path(self.out / file_name) as tmp:
             Path(tmp).write_text(json.dumps(value, indent=indent, default=str), encoding="utf-8")
+        self._first_write(self.out / file_name)
+
+    def _first_write(self, path: Path | None) -> None:
+        """Narrate a bookkeeping file (dataset report, run record, report) once, not at every rewrite."""
+        if path is not None and path not in self.announced:
+            self.announced.add(path)
+            self.info("wrote %s (%s)", path, human_size(path_size(str(path))))
 
     def write_record(self, status: str | None = None) -> None:
         """Rewrite ``{name}_run.json`` (main process, not for ``--dry_run``)."""
@@ -219,7 +227,9 @@ class Narrator:
         self.record["log_dir"] = run_stats.log_dir(trainer)
         run_stats.flush_trackers(trainer)
         self.write_record(status)
-        return run_stats.write_report(self.out, self.name)
+        report = run_stats.write_report(self.out, self.name)
+        self._first_write(report)
+        return report
 
     def finish(self, trainer) -> None:
         """The run is over: final record, final report, then the end summary on stdout."""

@@ -87,6 +87,8 @@ def test_every_event_has_its_line(run):
     assert f"removed {out_dir / 'n-000001.safetensors'} (older than --save_last_n_* keeps)" in err
     samples = sorted((out_dir / "sample").glob("*.png"))
     assert len(samples) == EPOCHS and all(f"sample written: {p}" in err for p in samples)
+    for name in ("n_dataset_report.json", "n_run.json", "n_report.html"):
+        assert len(re.findall(rf"wrote {re.escape(str(out_dir / name))} \(\d+\.\d kB\)", err)) == 1
     assert re.search(r"ETA: \d+ steps × \d+\.\d\d s \+ \d saves × [\d.]+ s \+ \d sample images × [\d.]+ s = ", err)
 
 
