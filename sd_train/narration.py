@@ -18,9 +18,9 @@ from typing import Iterator
 
 from library.errors import UserError
 from library.io.safetensors_io import atomic_path
+from library.report.units import duration, human_size
 from sd_train import eta, run_stats
 from sd_train.plan import METADATA_GUESS, build_plan
-from library.report.units import duration, human_size
 from sd_train.plan_format import path_size
 
 logger = logging.getLogger(__name__)
@@ -87,11 +87,12 @@ class Narrator:
         self.record["network"] = {"modules": modules, "params": params}
         self.info("network: %s modules, %s trainable parameters", modules, f"{params:,}")
 
-    def epoch_start(self, epoch_no: int) -> None:
-        """Epoch ``epoch_no`` (from 1) begins."""
+    def epoch_start(self, epoch_no: int, global_step: int) -> None:
+        """Epoch ``epoch_no`` (from 1) begins after ``global_step`` optimizer steps (more than 0 on resume)."""
         self.epoch_started = time.perf_counter()
         self.clock.resume()
-        steps = min(self.plan.steps_per_epoch, self.plan.max_train_steps - self.record["steps_done"])
+        self.record["steps_done"] = global_step
+        steps = min(self.plan.steps_per_epoch, self.plan.max_train_steps - global_step)
         self.info("epoch %d/%d: %d optimizer steps", epoch_no, self.plan.num_epochs, steps)
 
     def step_done(self, step: int) -> None:

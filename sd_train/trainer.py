@@ -248,7 +248,7 @@ class Trainer:
                   disable=not acc.is_local_main_process) as bar:
             while p.epoch < self.num_epochs and p.global_step < self.max_train_steps:
                 self.host.on_epoch_start(tes, self.models.unet)
-                self.narrator.epoch_start(p.epoch + 1)
+                self.narrator.epoch_start(p.epoch + 1, p.global_step)
                 n_batches, window = len(loader.indices()), []
                 for index, batch in enumerate(loader.epoch(p.epoch, p.batch_index, p.global_step), start=p.batch_index):
                     self.host.on_step_start(tes, self.models.unet)
