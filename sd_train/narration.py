@@ -18,10 +18,9 @@ from typing import Iterator
 
 from library.errors import UserError
 from library.io.safetensors_io import atomic_path
-from library.report.units import duration, human_size
+from library.report.units import duration, sized
 from sd_train import eta, run_stats
 from sd_train.plan import METADATA_GUESS, build_plan
-from sd_train.plan_format import path_size
 
 logger = logging.getLogger(__name__)
 ETA_AFTER_STEPS = 5  # the first step (warm-up, compilation) is left out of the median
@@ -124,7 +123,7 @@ class Narrator:
 
     def remaining(self, step: int) -> eta.Remaining:
         """Time still to come after optimizer step ``step``."""
-        return run_stats.remaining(self.plan, self.opts, self.prompts, self.report, self.clock, step,
+        return eta.remaining(self.plan, self.opts, self.prompts, self.report, self.clock, step,
                                    len([f for f in self.record["files"] if f["kind"] == "model"]))
 
     def wrote(self, path, kind: str = "model", seconds: float | None = None):
@@ -134,7 +133,7 @@ class Narrator:
         self.record["files"].append({"path": self._rel(Path(path)), "kind": kind})
         if seconds is not None:
             self.clock.save_seconds.append(seconds)
-        self.info("saved %s (%s)", path, human_size(path_size(str(path))))
+        self.info("saved %s (%s)", path, sized(path))
         return path
 
     @contextlib.contextmanager
@@ -210,7 +209,7 @@ class Narrator:
         """Narrate a bookkeeping file (dataset report, run record, report) once, not at every rewrite."""
         if path is not None and path not in self.announced:
             self.announced.add(path)
-            self.info("wrote %s (%s)", path, human_size(path_size(str(path))))
+            self.info("wrote %s (%s)", path, sized(path))
 
     def write_record(self, status: str | None = None) -> None:
         """Rewrite ``{name}_run.json`` (main process, not for ``--dry_run``)."""

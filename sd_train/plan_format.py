@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import os
 
-from library.report.units import human_size
+from library.report.units import disk_size, human_size
 from sd_train.checkpointing import model_file_name, state_dir_name
 from sd_train.network_host import parse_network_args
-
-
-def path_size(path: str | None) -> int | None:
-    """Bytes of a file or of every file below a folder (``None`` when it does not exist)."""
-    if not path or not os.path.exists(path):
-        return None
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def _lr(value: float) -> str:
@@ -135,7 +126,7 @@ def _logs(opts) -> str:
 def format_plan(plan, opts, report: dict, family) -> list[str]:
     """The plan's lines (``plan:`` header, then ``  label  text`` rows)."""
     model = opts.model.pretrained_model_name_or_path or "(none)"
-    size = path_size(model)
+    size = disk_size(model)
     base = f"{model} ({human_size(size)})" if size is not None else f"{model} (not a local file: fetched at load)"
     name = opts.saving.output_name or "last"
     rows = [("family", f"{family.name} ({family.base_model_version()}); base model {base}"),

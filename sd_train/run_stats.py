@@ -88,24 +88,6 @@ def refresh(record: dict, clock: Clock) -> None:
     record["memory"] = memory
 
 
-def remaining(plan, opts, prompts: list, report: dict, clock: Clock, step: int, saves_done: int) -> eta.Remaining:
-    """Time still to come after optimizer step ``step`` (see :mod:`sd_train.eta`)."""
-    step_s = clock.step_seconds
-    saves_left = max(0, len(plan.save_epochs) + len(plan.save_steps) + 1 - saves_done)
-    size = plan.estimate.file_bytes if plan.estimate else 0
-    save_s = eta.median(clock.save_seconds) or 0.5 + size / eta.SAVE_BYTES_PER_SECOND
-    images_left = max(0, plan.sample_times * plan.num_prompts - len(clock.image_seconds) * plan.num_prompts)
-    image_s = eta.median(clock.image_seconds)
-    if not image_s and prompts:
-        first = report["datasets"][0]
-        width, height = first["resolution"]
-        per_step = first["batch_size"] * opts.training.gradient_accumulation_steps
-        pixels = sum(p.width * p.height for p in prompts) / len(prompts)
-        steps = sum(p.sample_steps for p in prompts) / len(prompts)
-        image_s = eta.sample_image_seconds(step_s, per_step, width * height, int(pixels), int(steps))
-    return eta.Remaining(max(0, plan.max_train_steps - step), step_s, saves_left, save_s, images_left, image_s)
-
-
 def log_dir(trainer) -> str | None:
     """This run's TensorBoard folder (``{logging_dir}/{prefix}{time}``), when it logs."""
     if not trainer.opts.logging.logging_dir or not hasattr(trainer, "accelerator"):

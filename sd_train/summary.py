@@ -7,8 +7,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from library.report.units import duration, human_size
-from sd_train.plan_format import labelled, path_size
+from library.report.units import duration, human_size, sized
+from sd_train.plan_format import labelled
 
 TOP_TAGS = 5
 
@@ -63,7 +63,7 @@ def written_files(record: dict, out: Path) -> list[tuple[Path, str]]:
 
 
 def _file_line(path: Path, kind: str) -> str:
-    size = human_size(path_size(str(path)))
+    size = sized(path)
     if kind == "model":
         return f"{path}  {size}  A1111 hash {a1111_hash(path)}"
     if kind == "run report":

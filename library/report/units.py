@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def human_size(n: float | None) -> str:
     """``1.2 MB``-style size in decimal units, as file browsers show them (``unknown size`` for None)."""
@@ -12,6 +14,20 @@ def human_size(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} GB"
+
+
+def disk_size(path: str | os.PathLike | None) -> int | None:
+    """Bytes of a file or of every file below a folder (``None`` when it does not exist)."""
+    if not path or not os.path.exists(path):
+        return None
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def sized(path: str | os.PathLike) -> str:
+    """:func:`human_size` of :func:`disk_size`: ``1.2 MB`` for what is at ``path``."""
+    return human_size(disk_size(path))
 
 
 def duration(seconds: float) -> str:

@@ -24,18 +24,13 @@ def checkpoints(tmp_path_factory):
             "sdxl": make_tiny_checkpoint("sdxl", root / "sdxl.safetensors")}
 
 
-def _plan_numbers(out: str) -> tuple[int, int, int]:
-    m = re.search(r"→ (\d+) optimizer steps per epoch; (\d+) epochs, (\d+) optimizer steps in all", out)
-    assert m, out
-    return int(m.group(1)), int(m.group(2)), int(m.group(3))
-
-
 def test_examples_found():
     assert len(EXAMPLES) >= 5 and "dreambooth_reg.toml" in EXAMPLES
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_dry_run_prints_the_plan_and_loads_nothing(name, example_folders, checkpoints, monkeypatch, capsys):
+def test_dry_run_prints_the_plan_and_loads_nothing(name, example_folders, checkpoints, monkeypatch, capsys,
+                                                   plan_numbers):
     import library.checkpoint.io as cio
     from sd_train.entry import entry_point
     from tools.make_sample_dataset import make_sample_dataset
@@ -52,7 +47,7 @@ def test_dry_run_prints_the_plan_and_loads_nothing(name, example_folders, checkp
     out = capsys.readouterr().out
     assert code == 0
     batches = int(re.search(r"steps per epoch \(1 process, no accumulation\): (\d+)", out).group(1))
-    per_epoch, epochs, total = _plan_numbers(out)
+    per_epoch, epochs, total = plan_numbers(out)
     assert (per_epoch, epochs, total) == (batches, 3, 3 * batches)
     assert "  saves       every 1 epoch(s): 2 file(s) like epoch-000001.safetensors, keeps all" in out
     assert f"base model {checkpoints[entry]} (" in out and "networks.lora, dim 8 alpha 1" in out

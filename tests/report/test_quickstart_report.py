@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 
 from library.io.safetensors_io import read_header
 from library.report.sources import read_scalars
@@ -17,14 +16,9 @@ from library.report.sources import read_scalars
 INPUTS = ("tiny_sdxl.safetensors", "sample_prompts.txt", "sample.png")  # the quickstart's own files, not the run's
 
 
-def _plan(out: str) -> tuple[int, int, int]:
-    m = re.search(r"→ (\d+) optimizer steps per epoch; (\d+) epochs, (\d+) optimizer steps in all", out)
-    return int(m.group(1)), int(m.group(2)), int(m.group(3))
-
-
-def test_terminal_shows_plan_narration_and_summary(quickstart):
+def test_terminal_shows_plan_narration_and_summary(quickstart, plan_numbers, summary_rows):
     out_dir, out, err = quickstart
-    per_epoch, epochs, total = _plan(out)
+    per_epoch, epochs, total = plan_numbers(out)
     meta = read_header(out_dir / "quickstart_lora.safetensors")[1]
     assert int(meta["ss_steps"]) == total == 8 and int(meta["ss_epoch"]) == epochs == 1
     assert max(step for step, _ in read_scalars(out_dir / "logs")["loss/current"]) == total
@@ -33,9 +27,7 @@ def test_terminal_shows_plan_narration_and_summary(quickstart):
     assert len(samples) == 2 * (1 + total // 2)  # two prompts, before training and every 2 steps
     assert all(f"sample written: {p}" in err for p in samples)
     assert f"saved {out_dir / 'quickstart_lora-step00000004.safetensors'} (" in err
-    summary = out[out.index("summary:"):]
-    listed = {line[14:].split("  ")[0] for line in summary.splitlines()
-              if line.startswith(("  wrote", " " * 14)) and line[14:].startswith(str(out_dir))}
+    listed = set(summary_rows(out))
     run_files = {str(p) for p in out_dir.rglob("*") if p.is_file()
                  and p.name not in INPUTS and not p.relative_to(out_dir).parts[0] in ("dataset", "logs")}
     assert listed == run_files

@@ -54,14 +54,9 @@ def run(assets, tmp_path_factory):
     return root / "out", out, err, read_scalars(root / "logs")
 
 
-def _plan(out: str) -> tuple[int, int, int]:
-    m = re.search(r"→ (\d+) optimizer steps per epoch; (\d+) epochs, (\d+) optimizer steps in all", out)
-    return int(m.group(1)), int(m.group(2)), int(m.group(3))
-
-
-def test_plan_numbers_are_the_runs(run):
+def test_plan_numbers_are_the_runs(run, plan_numbers):
     out_dir, out, _, scalars = run
-    per_epoch, epochs, total = _plan(out)
+    per_epoch, epochs, total = plan_numbers(out)
     assert epochs == EPOCHS and total == EPOCHS * per_epoch
     final = read_header(out_dir / "n.safetensors")[1]
     assert (int(final["ss_steps"]), int(final["ss_epoch"])) == (total, epochs)
@@ -73,9 +68,9 @@ def test_plan_numbers_are_the_runs(run):
     assert abs(record["plan"]["estimated_file_bytes"] / (out_dir / "n.safetensors").stat().st_size - 1) < 0.03
 
 
-def test_every_event_has_its_line(run):
+def test_every_event_has_its_line(run, plan_numbers):
     out_dir, out, err, scalars = run
-    per_epoch = _plan(out)[0]
+    per_epoch = plan_numbers(out)[0]
     modules = len(read_lora(out_dir / "n.safetensors").modules)
     assert f"sd_train.narration: network: {modules} modules, " in err
     for epoch, mean in scalars["loss/epoch_average"]:
@@ -92,22 +87,9 @@ def test_every_event_has_its_line(run):
     assert re.search(r"ETA: \d+ steps × \d+\.\d\d s \+ \d saves × [\d.]+ s \+ \d sample images × [\d.]+ s = ", err)
 
 
-def _summary_files(out: str) -> dict[str, str]:
-    """``{path: rest of the line}`` of the summary's ``wrote`` rows."""
-    lines = out[out.index("summary:"):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("  wrote"))
-    rows = {}
-    for line in lines[start:]:
-        if not line.startswith(("  wrote", "              ")):
-            break
-        path, _, rest = line[14:].partition("  ")
-        rows[path] = rest
-    return rows
-
-
-def test_summary_lists_exactly_the_files_on_disk(run):
+def test_summary_lists_exactly_the_files_on_disk(run, summary_rows):
     out_dir, out, _, _ = run
-    listed = _summary_files(out)
+    listed = summary_rows(out)
     on_disk = {str(p) for p in out_dir.rglob("*") if p.is_file()}
     assert set(listed) == on_disk
     for name in ("n.safetensors", "n-000002.safetensors"):
