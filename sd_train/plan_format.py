@@ -24,7 +24,8 @@ def _network(plan, opts) -> str:
             f"{n.network_alpha:g}, {conv}; trains {parts}{why}")
     e = plan.estimate
     if e is not None:
-        parts = [f"{n} {where}" for n, where in ((e.unet_modules, "UNet"), (e.te_modules, "text encoder")) if n]
+        parts = [f"{count} {where}" for count, where in ((e.unet_modules, "UNet"), (e.te_modules, "text encoder"))
+                 if count]
         line += f"; ~{e.modules} modules ({', '.join(parts)}), {e.params:,} parameters"
     return line
 
@@ -64,10 +65,6 @@ def _steps(plan, opts) -> str:
             f"{plan.num_epochs} epochs, {plan.max_train_steps} optimizer steps in all")
 
 
-def _keep(keep: int | None, unit: str) -> str:
-    return f"keeps the last {keep} {unit}" if keep else "keeps all"
-
-
 def _saves(plan, opts) -> list[str]:
     s, name, ext = opts.saving, opts.saving.output_name, opts.saving.save_model_as
     size = plan.estimate.file_bytes if plan.estimate else None
@@ -75,8 +72,8 @@ def _saves(plan, opts) -> list[str]:
     lines = []
     if plan.save_epochs:
         first = model_file_name("epoch", name, ext, plan.save_epochs[0])
-        lines.append(f"every {plan.every_epochs} epoch(s): {len(plan.save_epochs)} file(s) like {first}, "
-                     f"{_keep(s.save_last_n_epochs, 'epoch files')}")
+        keep = f"keeps the last {s.save_last_n_epochs} epoch files" if s.save_last_n_epochs else "keeps all"
+        lines.append(f"every {plan.every_epochs} epoch(s): {len(plan.save_epochs)} file(s) like {first}, {keep}")
     if plan.save_steps:
         first = model_file_name("step", name, ext, plan.save_steps[0])
         keep = f"keeps those of the last {s.save_last_n_steps} steps" if s.save_last_n_steps else "keeps all"

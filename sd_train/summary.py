@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -10,26 +9,22 @@ from pathlib import Path
 from library.report.units import duration, human_size, sized
 from sd_train.plan_format import labelled
 
-TOP_TAGS = 5
+TRIGGER_TAGS = 5
 
 
 def a1111_hash(path: str | os.PathLike) -> str:
     """The 12-hex short hash A1111 shows for a LoRA: SHA-256 of a ``.safetensors`` file's data section
     (the addnet hash, = ``sshs_model_hash``), of the whole file otherwise."""
-    from library.io.safetensors_io import data_section_sha256
+    from library.io.safetensors_io import data_section_sha256, file_model_hashes
 
     if str(path).endswith(".safetensors"):
         return data_section_sha256(path)[:12]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_model_hashes(path)[1][:12]
 
 
 def trigger_words(report: dict) -> list[str]:
     """Class tokens of the training subsets, then the caption tags found in at least half of the training
-    images (most frequent first), at most :data:`TOP_TAGS` of those."""
+    images (most frequent first), at most :data:`TRIGGER_TAGS` of those."""
     words: list[str] = []
     images: Counter = Counter()
     for d in report.get("datasets", []):
@@ -45,7 +40,7 @@ def trigger_words(report: dict) -> list[str]:
         if folder in images:
             counts.update(tags)
     common = [t for t, n in counts.most_common() if 2 * n >= sum(images.values()) and t not in words]
-    return words + common[:TOP_TAGS]
+    return words + common[:TRIGGER_TAGS]
 
 
 def written_files(record: dict, out: Path) -> list[tuple[Path, str]]:
