@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from library.checkpoint import keymaps
+from library.checkpoint import assemble, keymaps
 from library.errors import UserError
 
 _EOS = 49407
@@ -82,17 +82,16 @@ def _kwargs(cfg: dict) -> dict:
 
 def load_diffusers_folder(root: Path, *, expected_family=None, v2=False, dtype=torch.float32, device="cpu"):
     """Load ``root`` (a diffusers pipeline folder) as :class:`library.checkpoint.io.LoadedModels`."""
-    from library.checkpoint import io as cio
     from safetensors import safe_open
 
     family = folder_family(root)
-    cio.check_family(family, expected_family, v2, str(root))
+    assemble.check_family(family, expected_family, v2, str(root))
     ucfg = _read_config(root / "unet")
     te_dirs = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
     configs = {"unet": sdxl_config_from_diffusers(ucfg) if family == "sdxl" else _kwargs(ucfg),
                "vae": _kwargs(_read_config(root / "vae")),
                "text_encoders": [te_config_from_transformers(_read_config(root / d)) for d in te_dirs]}
-    mods = cio.build_models(family, configs)
+    mods = assemble.build_models(family, configs)
     up_attn = {i for i, t in enumerate(ucfg.get("up_block_types", [])) if t.startswith("CrossAttn")}
     lpb = ucfg.get("layers_per_block", 2)
     for name, sub in [("unet", "unet"), ("vae", "vae")] + [(f"te{i}", d) for i, d in enumerate(te_dirs)]:
@@ -104,11 +103,11 @@ def load_diffusers_folder(root: Path, *, expected_family=None, v2=False, dtype=t
                 key = keymaps.unet_diffusers_to_ldm_key(k, lpb, up_attn) if name == "unet" and family == "sdxl" else k
                 t = f.get_tensor(k)
                 state[key] = t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-        cio.assign_state(mods[name], state, name, str(root / sub))
+        assemble.assign_state(mods[name], state, name, str(root / sub))
     for m in mods.values():
         m.eval().requires_grad_(False)
     tes = [mods[f"te{i}"] for i in range(len(te_dirs))]
-    return cio.LoadedModels(family, mods["unet"], tes, mods["vae"], configs, {}, root)
+    return assemble.LoadedModels(family, mods["unet"], tes, mods["vae"], configs, {}, root)
 
 
 def sdxl_config_to_diffusers(config) -> dict:

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from library.dataset.buckets import crop_ltrb
-from library.dataset.dataset import load_sample_array
-from library.dataset.images import alpha_of, to_tensor
+from library.dataset.images import alpha_of, load_sample_array, to_tensor
 from library.errors import UserError
 
 
