@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError
+from library.models.families import family_spec
 
 
 @dataclass
@@ -37,31 +38,13 @@ class LoadedModels:
     path: Path | None = None
 
 
-def check_family(family: str, expected_family: str | None, v2: bool, where: str) -> None:
-    """Raise a UserError naming the right script when ``family`` does not fit the entry point
-    (``expected_family``: ``None`` = no check, ``"sdxl"``, or ``"sd"``/``"sd1"``/``"sd2"`` with ``v2``)."""
-    if expected_family is None:
-        return
-    if expected_family == "sdxl" and family != "sdxl":
-        raise UserError(f"{where}: this checkpoint is SD1.x/SD2.x; use train_network.py")
-    if expected_family != "sdxl" and family == "sdxl":
-        raise UserError(f"{where}: this checkpoint is SDXL; use sdxl_train_network.py")
-    if family == "sd2" and not v2:
-        raise UserError(f"{where}: this checkpoint is SD2.x; add --v2")
-    if family == "sd1" and v2:
-        raise UserError(f"{where}: this checkpoint is SD1.x; remove --v2")
-
-
 def build_models(family: str, configs: dict) -> dict[str, torch.nn.Module]:
     """Build ``{"unet", "te0"[, "te1"], "vae"}`` on the ``meta`` device (no memory for weights)."""
-    from library.models.sd_unet import build_sd_unet
-    from library.models.sdxl_unet import SdxlUNet
     from library.models.text_encoders import CLIPTextModel, CLIPTextModelWithProjection
     from library.models.vae import build_vae
 
     with torch.device("meta"):
-        mods = {"unet": SdxlUNet(configs["unet"]) if family == "sdxl" else build_sd_unet(configs["unet"]),
-                "vae": build_vae(configs["vae"])}
+        mods = {"unet": family_spec(family).build_unet(configs["unet"]), "vae": build_vae(configs["vae"])}
         for i, cfg in enumerate(configs["text_encoders"]):
             cls = CLIPTextModelWithProjection if cfg.projection_dim else CLIPTextModel
             mods[f"te{i}"] = cls(cfg)

@@ -16,10 +16,12 @@ from typing import Iterable, Iterator
 import torch
 
 from library.checkpoint import convert as cc
-from library.checkpoint.assemble import LoadedModels, assign_state, build_models, check_family, te_layers
-from library.checkpoint.convert import configs_from_json, configs_to_json, default_configs
+from library.checkpoint.assemble import LoadedModels, assign_state, build_models, te_layers
+from library.checkpoint.convert import configs_from_json, configs_to_json
 from library.checkpoint.diffusers_folder import folder_family, load_diffusers_folder
 from library.errors import UserError
+from library.models.detect import family_of_checkpoint
+from library.models.families import check_fits, default_configs
 from library.io.safetensors_io import atomic_path, mapped_tensors, read_header, read_tensors, stored_dtypes
 
 logger = logging.getLogger(__name__)
@@ -27,20 +29,13 @@ CONFIG_METADATA_KEY = cc.CONFIG_METADATA_KEY
 
 
 def detect_family(keys: Iterable[str]) -> str:
-    """Return ``"sdxl"``, ``"sd2"`` or ``"sd1"`` from single-file checkpoint keys.
+    """Return ``"sdxl"``, ``"sd2"`` or ``"sd1"`` from single-file checkpoint keys
+    (:func:`library.models.detect.family_of_checkpoint`).
 
     Raises:
         UserError: no known text-encoder prefix (not an SD checkpoint).
     """
-    keys = list(keys)
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd1"
-    raise UserError("checkpoint has no SD1/SD2/SDXL text-encoder keys (cond_stage_model.* / conditioner.embedders.*);"
-                    " is this a LoRA or a VAE? pass a full Stable Diffusion checkpoint")
+    return family_of_checkpoint(keys)
 
 
 def detect_path_family(path: str | os.PathLike) -> str:
@@ -158,7 +153,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
     else:
         keys, metadata, items, shared = _open(p, mmap, {dtype, unet_dtype or dtype})
         family = detect_family(keys)
-        check_family(family, expected_family, v2, str(p))
+        check_fits(family, expected_family, v2, str(p))
         configs = (configs_from_json(metadata[CONFIG_METADATA_KEY], str(p)) if CONFIG_METADATA_KEY in metadata
                    else {"family": family, **default_configs(family)})
         configs.pop("family")

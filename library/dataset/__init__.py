@@ -3,7 +3,7 @@
 Typical use by the trainer::
 
     plan = build_plan(CliDefaults(dataset_config="data.toml"))
-    data = prepare(plan, seed=42, bucket_step_multiple=32, is_sdxl=True)
+    data = prepare(plan, seed=42, bucket_step_multiple=32)
     print(data.format_report())
     train = BucketBatchDataset(data.train, dataset_seed=123)
     cache_latents(train, vae_sample_fn, batch_size=4, to_disk=True, family_tag="sdxl")

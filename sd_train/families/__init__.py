@@ -7,3 +7,22 @@ scale, metadata strings) come from ``library.models.families``, which these clas
 
 May import: ``library``.
 """
+
+from __future__ import annotations
+
+from sd_train.families.base import ModelFamily
+from sd_train.families.sd import SdFamily
+from sd_train.families.sdxl import SdxlFamily
+
+ENTRIES: dict[str, type[ModelFamily]] = {cls.entry: cls for cls in (SdFamily, SdxlFamily)}
+
+
+def family_class(entry: str) -> type[ModelFamily]:
+    """The family class of a trainer entry point (``ENTRIES``: ``sd`` = train_network.py, ``sdxl``).
+
+    Raises:
+        ValueError: an unknown entry name.
+    """
+    if entry not in ENTRIES:
+        raise ValueError(f"entry must be one of {', '.join(repr(e) for e in ENTRIES)}, not {entry!r}")
+    return ENTRIES[entry]
