@@ -220,11 +220,9 @@ def cache_latents(dataset, encode_fn, *, batch_size: int, to_disk: bool, skip_ch
 
 
 def _check_frozen_captions(dataset) -> None:
-    names = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-             "caption_tag_dropout_rate", "token_warmup_step", "enable_wildcard")
     for ds in dataset.datasets:
         for st in ds.subsets:
-            used = [n for n in names if getattr(st.caption_options, n)]
+            used = st.caption_options.random_settings()
             if used:
                 where = st.spec.image_dir or st.spec.metadata_file
                 raise UserError(f"{where}: --cache_text_encoder_outputs would freeze the caption "
