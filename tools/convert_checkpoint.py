@@ -114,15 +114,11 @@ def save_single_file(models, path: Path, dtype: torch.dtype | None, metadata: di
         metadata: Extra ``__metadata__`` strings (safetensors only).
     """
     from library.checkpoint import convert as cc
+    from library.checkpoint.io import single_file_state
     from library.io.safetensors_io import atomic_path
     from library.io.safetensors_stream import write_streaming
 
-    states = {"unet": models.unet.state_dict(), "vae": models.vae.state_dict()}
-    states.update({f"te{i}": te.state_dict() for i, te in enumerate(models.text_encoders)})
-    te_layers = {f"te{i}": c.num_hidden_layers for i, c in enumerate(models.configs["text_encoders"])}
-    sd = cc.to_single_file(models.family, states, models.extras, te_layers)
-    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-          for k, v in sd.items()}
+    sd = single_file_state(models, dtype)
     if path.suffix.lower() == ".safetensors":
         meta = {cc.CONFIG_METADATA_KEY: cc.configs_to_json(models.family, models.configs), **metadata}
         write_streaming(path, [(k, v.dtype, tuple(v.shape)) for k, v in sd.items()], sd.__getitem__, meta)

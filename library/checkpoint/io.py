@@ -198,15 +198,21 @@ def load_vae_state(path: str | os.PathLike, config: dict, dtype, device) -> dict
     return out
 
 
-def save_models(models: LoadedModels, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-    """Write ``models`` (from :func:`load_models`) atomically as ``.safetensors`` (configs in the
-    ``sd_train.model_config`` metadata) or ``.ckpt`` (``{"state_dict": …}``); float tensors cast to
+def single_file_state(models: LoadedModels, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``models`` in the single-file key layout (FORMAT.md §10), contiguous on the CPU; float tensors cast to
     ``dtype`` unless it is ``None``."""
     states = {"unet": models.unet.state_dict(), "vae": models.vae.state_dict()}
     states.update({f"te{i}": te.state_dict() for i, te in enumerate(models.text_encoders)})
     sd = cc.to_single_file(models.family, states, models.extras, te_layers(models.configs))
-    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-          for k, v in sd.items()}
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in sd.items()}
+
+
+def save_models(models: LoadedModels, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Write ``models`` (from :func:`load_models`) atomically as ``.safetensors`` (configs in the
+    ``sd_train.model_config`` metadata) or ``.ckpt`` (``{"state_dict": …}``); float tensors cast to
+    ``dtype`` unless it is ``None``."""
+    sd = single_file_state(models, dtype)
     with atomic_path(path) as tmp:
         if Path(path).suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
