@@ -88,8 +88,8 @@ def finish(code):
     with open(out_path, "w") as f:
         json.dump(record, f)
 
-module = "sd_train.sdxl_train_network" if entry == "sdxl" else "sd_train.train_network"
-main = __import__(module, fromlist=["main"]).main
+from sd_train.entry import entry_point
+main = lambda args: entry_point(entry, args)
 code = 1
 try:
     code = main(argv)
