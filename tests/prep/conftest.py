@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -24,3 +26,45 @@ def write_dataset(root: Path, captions: dict[str, str], ext: str = ".txt") -> di
             img.with_suffix(ext).write_text(caption + "\n", encoding="utf-8")
         out[stem] = img
     return out
+
+
+@pytest.fixture
+def kit():
+    """The helpers of this file, for tests: ``kit.write_image``, ``kit.write_dataset``."""
+    return types.SimpleNamespace(write_image=write_image, write_dataset=write_dataset,
+                                 write_tiny_tagger=write_tiny_tagger)
+
+
+# The tiny tagger: (name, category, weights on the mean B, G, R in [0, 1], bias); probability = sigmoid.
+TAGGER_LABELS = [
+    ("general", 9, (0, 0, 0), 1.0), ("sensitive", 9, (3, 0, 0), -1.0), ("questionable", 9, (0, 0, 0), -5.0),
+    ("explicit", 9, (0, 0, 0), -5.0), ("red_theme", 0, (0, 0, 8), -4.0), ("green_theme", 0, (0, 8, 0), -4.0),
+    ("blue_theme", 0, (8, 0, 0), -4.0), ("simple_background", 0, (0, 0, 0), 0.0), ("^_^", 0, (0, 0, 0), 2.0),
+    ("hatsune_miku_(vocaloid)", 4, (0, 0, 8), -4.0), ("samus_aran", 4, (8, 0, 0), -4.0),
+]
+
+
+def write_tiny_tagger(folder: Path, size: int = 16, batch: int | str = "batch") -> Path:
+    """A WD14-layout ONNX tagger built with ``onnx``: input ``input`` (N, size, size, 3) float32 BGR 0-255,
+    output ``output`` (N, tags) = sigmoid(mean BGR / 255 @ W + b), and its ``selected_tags.csv``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.array([w for _, _, w, _ in TAGGER_LABELS], np.float32).T / 255.0
+    bias = np.array([b for *_, b in TAGGER_LABELS], np.float32)
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["mean", "W"], ["logits0"]),
+             helper.make_node("Add", ["logits0", "b"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["output"])]
+    graph = helper.make_graph(
+        nodes, "tiny_wd14", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, size, size, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, len(TAGGER_LABELS)])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    rows = ["tag_id,name,category,count"] + [f"{i},{n},{c},{100 - i}" for i, (n, c, _, _) in enumerate(TAGGER_LABELS)]
+    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder

@@ -8,7 +8,6 @@ import pytest
 
 from library.prep.edits import CaptionEdits
 from library.prep.tags import kohya_clean_caption, kohya_clean_tags, parse_replacements, strip_weight
-from tests.prep.conftest import write_dataset
 from tools.edit_captions import main
 
 
@@ -16,10 +15,10 @@ def _caption(root: Path, stem: str) -> str:
     return (root / f"{stem}.txt").read_text(encoding="utf-8")
 
 
-def test_trigger_front_after_keep_tokens_and_replacing_a_word(tmp_path):
-    write_dataset(tmp_path / "a", {"x": "1girl, solo, smile"})
-    write_dataset(tmp_path / "b", {"x": "1girl, solo, smile"})
-    write_dataset(tmp_path / "c", {"x": "a photo of a woman, standing"})
+def test_trigger_front_after_keep_tokens_and_replacing_a_word(kit, tmp_path):
+    kit.write_dataset(tmp_path / "a", {"x": "1girl, solo, smile"})
+    kit.write_dataset(tmp_path / "b", {"x": "1girl, solo, smile"})
+    kit.write_dataset(tmp_path / "c", {"x": "a photo of a woman, standing"})
     assert main([str(tmp_path / "a"), "--trigger", "sks"]) == 0
     assert main([str(tmp_path / "b"), "--trigger", "sks", "--keep_tokens", "1"]) == 0
     assert main([str(tmp_path / "c"), "--trigger", "sks woman", "--trigger_replaces", "woman"]) == 0
@@ -33,8 +32,8 @@ def test_trigger_front_after_keep_tokens_and_replacing_a_word(tmp_path):
     assert _caption(tmp_path / "c", "x") == "a photo of a sks woman, standing\n"
 
 
-def test_remove_replace_dedupe_sort_weights_lowercase_in_order(tmp_path):
-    write_dataset(tmp_path, {"x": "(Blue Eyes:1.2), solo, long_hair, simple background, white background, "
+def test_remove_replace_dedupe_sort_weights_lowercase_in_order(kit, tmp_path):
+    kit.write_dataset(tmp_path, {"x": "(Blue Eyes:1.2), solo, long_hair, simple background, white background, "
                                   "Solo, ((smile)), [hat]"})
     code = main([str(tmp_path), "--strip_weights", "--lowercase", "--replace_tags", "long_hair,long hair",
                  "--remove_tags", "hat", "--remove_regex", r".* background", "--dedupe", "--sort",
@@ -43,8 +42,8 @@ def test_remove_replace_dedupe_sort_weights_lowercase_in_order(tmp_path):
     assert _caption(tmp_path, "x") == "blue eyes, sks, grin, long hair, solo\n"
 
 
-def test_dry_run_prints_first_n_changes_and_writes_nothing(tmp_path, capsys):
-    write_dataset(tmp_path, {"a": "cat", "b": "dog", "c": "sks, bird"})
+def test_dry_run_prints_first_n_changes_and_writes_nothing(kit, tmp_path, capsys):
+    kit.write_dataset(tmp_path, {"a": "cat", "b": "dog", "c": "sks, bird"})
     assert main([str(tmp_path), "--trigger", "sks", "--dry_run", "1"]) == 0
     out = capsys.readouterr().out
     assert f"{tmp_path / 'a.txt'}:\n- cat\n+ sks, cat\n" in out
@@ -52,9 +51,9 @@ def test_dry_run_prints_first_n_changes_and_writes_nothing(tmp_path, capsys):
     assert _caption(tmp_path, "a") == "cat\n" and _caption(tmp_path, "b") == "dog\n"
 
 
-def test_report_per_folder_and_occurrence_file(tmp_path, capsys):
-    write_dataset(tmp_path / "10_sks", {"a": "sks, red, red, ball", "b": "sks, blue"})
-    write_dataset(tmp_path / "1_shape", {"c": "red, cube", "d": None})
+def test_report_per_folder_and_occurrence_file(kit, tmp_path, capsys):
+    kit.write_dataset(tmp_path / "10_sks", {"a": "sks, red, red, ball", "b": "sks, blue"})
+    kit.write_dataset(tmp_path / "1_shape", {"c": "red, cube", "d": None})
     occ = tmp_path / "occ.txt"
     assert main([str(tmp_path), "--recursive", "--report", "--tag_occurrence", str(occ)]) == 0
     out = capsys.readouterr().out
@@ -77,9 +76,9 @@ def test_kohya_tag_preset():
     assert kohya_clean_tags(["1girl", "blonde hair", "black hair"]) == ["1girl", "blonde hair", "black hair"]
 
 
-def test_kohya_caption_preset_and_tool(tmp_path):
+def test_kohya_caption_preset_and_tool(kit, tmp_path):
     assert kohya_clean_caption("a cartoon drawing of a young anime woman") == "a drawing of a girl"
-    write_dataset(tmp_path, {"x": "an anime cartoon image of two women"})
+    kit.write_dataset(tmp_path, {"x": "an anime cartoon image of two women"})
     assert main([str(tmp_path), "--preset", "kohya_captions", "--caption_separator", "|"]) == 0
     assert _caption(tmp_path, "x") == "an image of two girls\n"
 
@@ -96,14 +95,14 @@ def test_helpers_exact():
     (["--replace_tags", "a,b,c"], "--replace_tags: 'a,b,c' is not 'source,target'"),
     (["--keep_tokens", "-1"], "--keep_tokens -1: must be 0 or more"),
 ])
-def test_bad_flags_are_one_line(tmp_path, capsys, argv, message):
-    write_dataset(tmp_path, {"x": "cat"})
+def test_bad_flags_are_one_line(kit, tmp_path, capsys, argv, message):
+    kit.write_dataset(tmp_path, {"x": "cat"})
     assert main([str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
     assert _caption(tmp_path, "x") == "cat\n"
 
 
-def test_missing_folder_is_one_line(tmp_path, capsys):
+def test_missing_folder_is_one_line(kit, tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: folder not found; pass the folder that holds the images\n"
