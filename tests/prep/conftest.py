@@ -32,7 +32,7 @@ def write_dataset(root: Path, captions: dict[str, str], ext: str = ".txt") -> di
 def kit():
     """The helpers of this file, for tests: ``kit.write_image``, ``kit.write_dataset``."""
     return types.SimpleNamespace(write_image=write_image, write_dataset=write_dataset,
-                                 write_tiny_tagger=write_tiny_tagger)
+                                 write_tiny_tagger=write_tiny_tagger, draw_face=draw_face)
 
 
 # The tiny tagger: (name, category, weights on the mean B, G, R in [0, 1], bias); probability = sigmoid.
@@ -68,3 +68,21 @@ def write_tiny_tagger(folder: Path, size: int = 16, batch: int | str = "batch") 
     rows = ["tag_id,name,category,count"] + [f"{i},{n},{c},{100 - i}" for i, (n, c, _, _) in enumerate(TAGGER_LABELS)]
     (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return folder
+
+
+def draw_face(img: np.ndarray, centre: tuple[int, int], size: int) -> np.ndarray:
+    """Draw a frontal cartoon face (skin oval, brows, eyes with pupils, nose, mouth) that OpenCV's
+    frontal-face Haar cascade finds, centred at ``centre``, about ``size`` px tall; RGB in place."""
+    import cv2
+
+    cx, cy = centre
+    s = size
+    cv2.ellipse(img, (cx, cy), (int(s * 0.42), int(s * 0.55)), 0, 0, 360, (225, 190, 170), -1)
+    for dx in (-1, 1):
+        ex, ey = cx + dx * int(s * 0.18), cy - int(s * 0.1)
+        cv2.ellipse(img, (ex, ey - int(s * 0.09)), (int(s * 0.11), int(s * 0.025)), 0, 0, 360, (60, 40, 40), -1)
+        cv2.ellipse(img, (ex, ey), (int(s * 0.085), int(s * 0.045)), 0, 0, 360, (250, 250, 250), -1)
+        cv2.circle(img, (ex, ey), int(s * 0.04), (30, 30, 30), -1)
+    cv2.ellipse(img, (cx, cy + int(s * 0.1)), (int(s * 0.05), int(s * 0.03)), 0, 0, 360, (180, 140, 120), -1)
+    cv2.ellipse(img, (cx, cy + int(s * 0.27)), (int(s * 0.15), int(s * 0.04)), 0, 0, 360, (150, 60, 60), -1)
+    return img
