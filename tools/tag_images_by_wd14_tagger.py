@@ -86,7 +86,7 @@ def _check_inputs(args: argparse.Namespace, images: list[Path], ext: str) -> Non
         files.check_writable(Path(args.output_path).resolve().parent, "folder of --output_path")
         return
     if not (args.append_tags or args.overwrite):
-        files.existing_outputs([files.caption_path(p, ext) for p in images], "--append_tags or --overwrite",
+        files.existing_outputs([files.caption_path(p, ext) for p in images],
                                "pass --append_tags to add the new tags to them or --overwrite to replace them")
     for folder in sorted({p.parent for p in images}):
         files.check_writable(folder, "image folder")

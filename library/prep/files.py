@@ -65,8 +65,8 @@ def check_writable(folder: Path, what: str = "output folder") -> None:
                         "choose a writable location or fix its permissions") from None
 
 
-def existing_outputs(paths: list[Path], flag: str, hint: str) -> None:
-    """UserError when any of ``paths`` exists: names the count, the first one and the flag that allows it."""
+def existing_outputs(paths: list[Path], hint: str) -> None:
+    """UserError when any of ``paths`` exists: names the count, the first one and ``hint`` (the flag to pass)."""
     found = [p for p in paths if p.exists()]
     if found:
-        raise UserError(f"{found[0]}: {len(found)} output file(s) already exist; {hint} ({flag})")
+        raise UserError(f"{found[0]}: {len(found)} output file(s) already exist; {hint}")

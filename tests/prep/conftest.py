@@ -32,7 +32,8 @@ def write_dataset(root: Path, captions: dict[str, str], ext: str = ".txt") -> di
 def kit():
     """The helpers of this file, for tests: ``kit.write_image``, ``kit.write_dataset``."""
     return types.SimpleNamespace(write_image=write_image, write_dataset=write_dataset,
-                                 write_tiny_tagger=write_tiny_tagger, draw_face=draw_face)
+                                 write_tiny_tagger=write_tiny_tagger, draw_face=draw_face,
+                                 write_tiny_blip=write_tiny_blip)
 
 
 # The tiny tagger: (name, category, weights on the mean B, G, R in [0, 1], bias); probability = sigmoid.
@@ -86,3 +87,39 @@ def draw_face(img: np.ndarray, centre: tuple[int, int], size: int) -> np.ndarray
     cv2.ellipse(img, (cx, cy + int(s * 0.1)), (int(s * 0.05), int(s * 0.03)), 0, 0, 360, (180, 140, 120), -1)
     cv2.ellipse(img, (cx, cy + int(s * 0.27)), (int(s * 0.15), int(s * 0.04)), 0, 0, 360, (150, 60, 60), -1)
     return img
+
+
+BLIP_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "picture", "of", "dog", "cat", "[DEC]"]
+
+
+def write_tiny_blip(folder: Path, favourite: str = "dog", eos_bias: float = 0.0) -> Path:
+    """A tiny random BLIP captioner saved with its processor (BERT word-piece vocabulary of 11 tokens).
+
+    The LM head bias is 50 for ``favourite`` and ``eos_bias`` for ``[SEP]`` (0 elsewhere), so every
+    decoding mode picks ``favourite`` until ``[SEP]`` wins (``eos_bias`` > 50) or a length limit ends it."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(BLIP_VOCAB) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    ids = {t: i for i, t in enumerate(BLIP_VOCAB)}
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(BLIP_VOCAB), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=64, bos_token_id=ids["[DEC]"],
+                         pad_token_id=0, sep_token_id=ids["[SEP]"], eos_token_id=ids["[SEP]"]),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16))
+    torch.manual_seed(0)
+    model = BlipForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        bias = model.text_decoder.cls.predictions.bias
+        bias.zero_()
+        bias[ids[favourite]] = 50.0
+        bias[ids["[SEP]"]] = eos_bias
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
