@@ -122,7 +122,7 @@ def _outputs(args, plans, src: Path, dst: Path) -> list[tuple[crop.CropPlan, Pat
         seen[out] = plan.path
         jobs.append((plan, out, [(c, out.with_suffix(c.suffix)) for c in _companions(plan.path)]))
     if not args.overwrite:
-        files.existing_outputs([o for _, out, cs in jobs for o in (out, *(t for _, t in cs))], 
+        files.existing_outputs([o for _, out, cs in jobs for o in (out, *(t for _, t in cs))],
                                "pass --overwrite to replace them or choose an empty DST")
     return jobs
 
