@@ -15,11 +15,11 @@ import torch
 from library.dataset.config import CliDefaults
 from library.dataset.plan import build_plan
 from library.errors import UserError
+from library.lora.file import DTYPES
 from library.prep.class_images import ClassImageJob, generate
 from sd_train.distributed import process_state
 
 logger = logging.getLogger(__name__)
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def class_jobs(trainer, count: int) -> list[ClassImageJob]:

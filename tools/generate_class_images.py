@@ -23,9 +23,7 @@ from library.errors import UserError, run_cli
 from library.models.schedulers import SCHEDULERS
 from library.prep import files
 from library.prep.class_images import ClassImageJob, generate
-
-DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
+from tools._common import PRECISIONS, device_of, dtype_of
 
 def setup_parser() -> argparse.ArgumentParser:
     """Flags of ``generate_class_images``."""
@@ -48,7 +46,7 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--bucket_list", default=None,
                    help="sizes used in turn instead of --resolution, e.g. '1024x1024,1152x896,896x1152'")
     p.add_argument("--caption_extension", default=".txt", help="caption file extension (default .txt)")
-    p.add_argument("--precision", choices=sorted(DTYPES), default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="weight dtype (default: fp16 on CUDA, float on the CPU)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -68,10 +66,8 @@ def sizes_of(args: argparse.Namespace) -> list[tuple[int, int]]:
 
 def _main(argv: list[str]) -> int:
     args = setup_parser().parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
-    dtype = DTYPES[args.precision or ("fp16" if device.type == "cuda" else "float")]
+    device = device_of(args.device or ("cuda" if torch.cuda.is_available() else None))
+    dtype = dtype_of(args.precision or ("fp16" if device.type == "cuda" else "float"))
     job = ClassImageJob(Path(args.class_data_dir), args.num_images, args.class_prompt, args.negative_prompt,
                         sizes_of(args), args.steps, args.scale, args.seed, args.batch_size,
                         files.normalize_extension(args.caption_extension))

@@ -21,6 +21,7 @@ import torch
 from library.dataset.images import load_image
 from library.errors import UserError, run_cli
 from library.prep import blip, files
+from tools._common import device_of
 
 
 def setup_parser() -> argparse.ArgumentParser:
@@ -68,9 +69,7 @@ def make_captions(args: argparse.Namespace) -> int:
     ext = files.normalize_extension(args.caption_extention or args.caption_extension)
     images = files.list_images(args.train_data_dir, args.recursive)
     _check(args, images, ext)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    device = device_of(args.device or ("cuda" if torch.cuda.is_available() else None))
     processor, model = blip.load_blip(args.caption_weights, device)
     random.seed(args.seed)
     np.random.seed(args.seed)
