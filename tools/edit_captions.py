@@ -100,7 +100,7 @@ def edit_folder(args: argparse.Namespace) -> tuple[int, int, TagReport]:
     for cap, img in captions:
         if cap.is_file():
             before = _read(cap)
-            changes.append((cap, img, before, edits.apply(before)))
+            changes.append((cap, img, before, edits.apply(before) if edits.changes_text else before))
     report = TagReport()
     shown = 0
     for cap, img, before, after in changes:

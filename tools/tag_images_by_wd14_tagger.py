@@ -59,6 +59,10 @@ def setup_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption_separator", default=", ", help="separator between written tags (default ', ')")
     p.add_argument("--tag_replacement", default=None,
                    help="'source,target;source2,target2' tag replacements (escape , and ; with \\)")
+    for name in ("meta", "model", "copyright", "artist"):  # kohya-compat: tag_mapping.json taggers only
+        p.add_argument(f"--{name}_threshold", type=float, default=None, help="accepted; no effect on WD14 models")
+    for name in ("use_quality_tags", "use_quality_tags_as_last_tag"):  # kohya-compat: as above
+        p.add_argument(f"--{name}", action="store_true", help="accepted; no effect on WD14 models")
     p.add_argument("--overwrite", action="store_true", help="replace existing caption files (sd-train)")
     p.add_argument("--debug", action="store_true", help="print the tags of each image; show tracebacks")
     return p

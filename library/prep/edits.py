@@ -37,6 +37,12 @@ class CaptionEdits:
     trigger: str | None = None
     trigger_replaces: str | None = None
 
+    @property
+    def changes_text(self) -> bool:
+        """False when no edit is set (a report-only run must not rewrite files to normalize separators)."""
+        return any((self.strip_weights, self.lowercase, self.preset, self.replace, self.replace_regex, self.remove,
+                    self.remove_regex, self.dedupe, self.sort, self.trigger))
+
     def apply(self, text: str) -> str:
         """The edited caption text (one line)."""
         tags = tg.split_tags(text, self.separator)

@@ -53,7 +53,7 @@ def test_dry_run_prints_first_n_changes_and_writes_nothing(kit, tmp_path, capsys
 
 def test_report_per_folder_and_occurrence_file(kit, tmp_path, capsys):
     kit.write_dataset(tmp_path / "10_sks", {"a": "sks, red, red, ball", "b": "sks, blue"})
-    kit.write_dataset(tmp_path / "1_shape", {"c": "red, cube", "d": None})
+    kit.write_dataset(tmp_path / "1_shape", {"c": "red,cube", "d": None})
     occ = tmp_path / "occ.txt"
     assert main([str(tmp_path), "--recursive", "--report", "--tag_occurrence", str(occ)]) == 0
     out = capsys.readouterr().out
@@ -62,6 +62,7 @@ def test_report_per_folder_and_occurrence_file(kit, tmp_path, capsys):
     assert "10_sks (4 distinct):\n  sks 2\n  ball 1\n  blue 1\n  red 1\n" in out
     assert "1_shape (2 distinct):\n  cube 1\n  red 1" in out
     assert occ.read_text() == "red 2\nsks 2\nball 1\nblue 1\ncube 1\n"
+    assert (tmp_path / "1_shape" / "c.txt").read_text() == "red,cube\n"  # a report rewrites nothing
     assert main([str(tmp_path), "--recursive", "--tag_occurrence", str(occ), "--occurrence_order", "alpha"]) == 0
     assert occ.read_text() == "ball 1\nblue 1\ncube 1\nred 2\nsks 2\n"
 
