@@ -13,7 +13,8 @@ one call into this package):
   trainer assigns (the bucket code of :mod:`library.dataset`).
 - :mod:`class_images`: prior-preservation images from a base model, resumable.
 
-Imports allowed: ``library.*`` (dataset, checkpoint, io, errors), numpy, Pillow, OpenCV, torch and,
-lazily inside functions, onnxruntime, transformers, diffusers and huggingface_hub. Never ``sd_train``,
-``networks`` or ``tools``; no argparse.
+May import: ``library.dataset``, ``library.checkpoint``, ``library.io``, ``library.models``,
+``library.errors`` (third-party: numpy, Pillow, OpenCV, torch and, lazily inside functions,
+onnxruntime, transformers, diffusers and huggingface_hub). Never ``sd_train``, ``networks`` or
+``tools``; no argparse.
 """
