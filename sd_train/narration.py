@@ -203,13 +203,14 @@ class Narrator:
         """Write ``{output_dir}/{file_name}`` atomically (temporary file, then rename)."""
         with atomic_path(self.out / file_name) as tmp:
             Path(tmp).write_text(json.dumps(value, indent=indent, default=str), encoding="utf-8")
-        self._first_write(self.out / file_name)
 
-    def _first_write(self, path: Path | None) -> None:
-        """Narrate a bookkeeping file (dataset report, run record, report) once, not at every rewrite."""
-        if path is not None and path not in self.announced:
-            self.announced.add(path)
-            self.info("wrote %s (%s)", path, sized(path))
+    def _first_writes(self, *paths: Path | None) -> None:
+        """Narrate the bookkeeping files (dataset report, run record, report) once, at the first save: not at
+        every rewrite, and not before models load (where the one line of a bad-input error must stay alone)."""
+        for path in paths:
+            if path is not None and path.exists() and path not in self.announced:
+                self.announced.add(path)
+                self.info("wrote %s (%s)", path, sized(path))
 
     def write_record(self, status: str | None = None) -> None:
         """Rewrite ``{name}_run.json`` (main process, not for ``--dry_run``)."""
@@ -228,7 +229,7 @@ class Narrator:
         run_stats.flush_trackers(trainer)
         self.write_record(status)
         report = run_stats.write_report(self.out, self.name)
-        self._first_write(report)
+        self._first_writes(self.out / f"{self.name}_dataset_report.json", self.out / f"{self.name}_run.json", report)
         return report
 
     def finish(self, trainer) -> None:
@@ -245,6 +246,7 @@ class Narrator:
         trained or written something, the report is rebuilt. Silent: the error itself is the line to read."""
         if not self.active or self.record.get("status") != "running":
             return
+        self.quiet = True
         if self.record["steps_done"] or len(self.record["files"]) > 1:
             self.checkpoint(trainer, "stopped")
         else:
