@@ -90,12 +90,13 @@ def _every(total: int, every: int | None) -> list[int]:
     return list(range(every, total, every)) if every and every > 0 else []
 
 
-def _sample_times(sampling, num_epochs: int, max_steps: int) -> int:
+def _sample_times(sampling, full_epochs: int, max_steps: int) -> int:
+    """Sampling rounds: before training, then at the end of every N-th *complete* epoch or every N steps."""
     if not sampling.sample_prompts:
         return 0
     times = int(bool(sampling.sample_at_first))
     if sampling.sample_every_n_epochs:
-        return times + num_epochs // sampling.sample_every_n_epochs
+        return times + full_epochs // sampling.sample_every_n_epochs
     if sampling.sample_every_n_steps:
         return times + max_steps // sampling.sample_every_n_steps
     return times
@@ -123,7 +124,8 @@ def build_plan(opts, report: dict, batches: int, num_processes: int, family, num
                    batches_per_epoch=batches, num_processes=num_processes,
                    samples_per_epoch=sum(d["num_samples"] for d in report["datasets"]),
                    save_epochs=_every(epochs, every_epochs), save_steps=_every(max_steps, s.save_every_n_steps),
-                   sample_times=_sample_times(opts.sampling, epochs, max_steps), num_prompts=num_prompts,
+                   sample_times=_sample_times(opts.sampling, max_steps // per_epoch, max_steps),
+                   num_prompts=num_prompts,
                    every_epochs=every_epochs, trains_unet=unet, trains_te=te, te_cached=cached,
                    save_precision=save_precision(opts), estimate=estimate_network(opts, family.name, metadata_bytes))
     plan.lr = preview_lr(opts.optimizer, max_steps, num_processes)

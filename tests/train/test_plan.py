@@ -66,6 +66,9 @@ def test_plan_cadence_and_counts(tmp_path):
     assert "7 batches ÷ 1 process(es) ÷ accumulation 2 → 4 optimizer steps per epoch; 5 epochs, 20" in text
     assert "3 prompt(s) every 2 epoch(s) and before the first step: 9 images" in text
     assert "(not a local file: fetched at load)" in text
+    partial = build_plan(_opts(max_train_steps=10, sample_prompts="p.txt", sample_every_n_epochs=1), _report(), 4,
+                         1, family, num_prompts=2)  # 4 steps per epoch: epoch 3 is cut short, no samples at its end
+    assert (partial.num_epochs, partial.sample_times) == (3, 2)
     ratio = build_plan(_opts(max_train_epochs=9, save_n_epoch_ratio=3), _report(), 7, 1, family)
     assert ratio.every_epochs == 3 and ratio.save_epochs == [3, 6]
 
