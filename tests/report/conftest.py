@@ -29,17 +29,26 @@ def _browser_binaries() -> tuple[str | None, str | None]:
 
 
 @pytest.fixture(scope="session")
-def quickstart(tmp_path_factory):
-    """``(output folder, stdout, stderr)`` of ``scripts/quickstart.py --steps 8`` run in-process."""
-    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "scripts" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("quickstart")
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = module.main(["--output_dir", str(out), "--steps", str(QUICKSTART_STEPS)])
-    assert code == 0, stderr.getvalue()
-    return out, stdout.getvalue(), stderr.getvalue()
+def quickstart(tmp_path_factory, worker_id):
+    """``(output folder, stdout, stderr)`` of ``scripts/quickstart.py --steps 8`` run in-process, once for all
+    pytest-xdist workers (the first one runs it under a file lock, the others read what it left)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / "quickstart"  # the parent is this session's
+    with FileLock(f"{root}.lock"):
+        if not (root / "stderr.txt").is_file():
+            spec = importlib.util.spec_from_file_location("quickstart", ROOT / "scripts" / "quickstart.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            stdout, stderr = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                code = module.main(["--output_dir", str(root / "out"), "--steps", str(QUICKSTART_STEPS)])
+            assert code == 0, stderr.getvalue()
+            (root / "stdout.txt").write_text(stdout.getvalue(), encoding="utf-8")
+            (root / "stderr.txt").write_text(stderr.getvalue(), encoding="utf-8")
+    return root / "out", (root / "stdout.txt").read_text(encoding="utf-8"), (root / "stderr.txt").read_text(
+        encoding="utf-8")
 
 
 @pytest.fixture
