@@ -147,7 +147,11 @@ def _hint(key: str) -> str:
 def _check_table(table: dict, level: str, path: str, masked_loss: bool, errors: list[str]):
     for key, value in table.items():
         spec = SCHEMA.get(key)
-        if spec is None or (key == "conditioning_data_dir" and not masked_loss):
+        if key == "conditioning_data_dir" and not masked_loss:  # kohya-compat: a key only with --masked_loss
+            errors.append(f"{path}: conditioning_data_dir (mask images) needs masked_loss = true in the training "
+                          "options; kohya rejects the key without it")
+            continue
+        if spec is None:
             errors.append(f"{path}: unknown key '{key}'.{_hint(key)}")
             continue
         kind, levels = spec[0], spec[1]
@@ -233,6 +237,9 @@ def validate_config(data: dict, masked_loss: bool = False) -> list[str]:
         if "FT" in kinds and len(kinds) > 1:
             errors.append(f"{path}: DreamBooth subset and fine tuning subset cannot be mixed in "
                           "the same dataset")
+        elif kinds == {"CN", "DB"}:  # kohya-compat: read as DreamBooth, whose subsets reject conditioning_data_dir
+            errors.append(f"{path}: subsets with and without conditioning_data_dir cannot be mixed in one dataset; "
+                          "split them into two [[datasets]]")
     return errors
 
 
@@ -254,7 +261,7 @@ def cli_values(defaults: CliDefaults) -> dict:
     for key in SCHEMA:
         name = CLI_NAMES.get(key, key)
         values[key] = getattr(defaults, name, None)
-    if defaults.caption_extention:  # kohya-compat: the old misspelled flag wins when set
+    if defaults.caption_extention is not None:  # kohya-compat: the old misspelled flag wins when given
         values["caption_extension"] = defaults.caption_extention
     if isinstance(values["face_crop_aug_range"], str):
         values["face_crop_aug_range"] = [float(x) for x in values["face_crop_aug_range"].split(",")]
