@@ -179,13 +179,18 @@ def subset_kind(sub: dict) -> str:
     return "DB"
 
 
-def _check_subset(sub: dict, path: str, errors: list[str]) -> str:
-    kind = subset_kind(sub)
-    for key in sub:
+def _check_kind(table: dict, kind: str, path: str, what: str, errors: list[str]) -> None:
+    """kohya's per-kind schemas: e.g. no caption_extension in a fine-tuning subset or dataset."""
+    for key in table:
         kinds = SCHEMA.get(key, ("", "", "all"))[2]
         if kinds != "all" and kind not in kinds.split():
-            errors.append(f"{path}: key '{key}' is not allowed in a {kind} subset "
+            errors.append(f"{path}: key '{key}' is not allowed in a {kind} {what} "
                           f"(only {kinds.replace(' ', '/')})")
+
+
+def _check_subset(sub: dict, path: str, errors: list[str]) -> str:
+    kind = subset_kind(sub)
+    _check_kind(sub, kind, path, "subset", errors)
     if kind in ("DB", "CN") and not sub.get("image_dir"):
         errors.append(f"{path}: image_dir is required for a DreamBooth subset "
                       "(or give metadata_file for fine-tuning)")
@@ -240,6 +245,8 @@ def validate_config(data: dict, masked_loss: bool = False) -> list[str]:
         elif kinds == {"CN", "DB"}:  # kohya-compat: read as DreamBooth, whose subsets reject conditioning_data_dir
             errors.append(f"{path}: subsets with and without conditioning_data_dir cannot be mixed in one dataset; "
                           "split them into two [[datasets]]")
+        elif len(kinds) == 1:  # kohya-compat: the dataset table follows its subsets' kind
+            _check_kind({k: v for k, v in ds.items() if k != "subsets"}, kinds.pop(), path, "dataset", errors)
     return errors
 
 

@@ -110,3 +110,55 @@ num_repeats = 8
 """)
     ds = _prepare(path, step=64).train[0]
     assert ds.spec.kind == "CN" and ds.spec.subsets[0].num_repeats == 8
+
+
+def test_fine_tuning_dataset_table_rejects_dreambooth_keys(tmp_path, make_folder, write_toml):
+    """kohya's fine-tuning dataset schema has no caption_extension / class_tokens / cache_info (an error there);
+    [general] may carry them for the DreamBooth datasets of the file."""
+    make_folder("a", [(64, 64)])
+    (tmp_path / "md.json").write_text('{"img00.png": {"caption": "a cat"}}', encoding="utf-8")
+    subset = f'[[datasets.subsets]]\nimage_dir = "{tmp_path}/a"\nmetadata_file = "{tmp_path}/md.json"\n'
+    path = write_toml(f'[[datasets]]\nresolution = 64\ncaption_extension = ".txt"\n{subset}')
+    with pytest.raises(UserError) as err:
+        build_plan(CliDefaults(dataset_config=path))
+    assert str(err.value) == (f"{path}: 1 error(s): datasets[0]: key 'caption_extension' is not allowed in a FT "
+                              "dataset (only DB/CN)")
+    path = write_toml(f'[general]\ncaption_extension = ".txt"\n[[datasets]]\nresolution = 64\n{subset}', "ok.toml")
+    assert build_plan(CliDefaults(dataset_config=path)).datasets[0].kind == "FT"
+
+
+def test_network_multiplier_may_be_an_integer(tmp_path, write_toml):
+    """kohya's schema wants a float (``network_multiplier = 1`` fails there); sd-train reads 1 as 1.0."""
+    path = write_toml('[[datasets]]\nresolution = 64\nnetwork_multiplier = 1\n[[datasets.subsets]]\nimage_dir = "a"\n')
+    assert build_plan(CliDefaults(dataset_config=path)).datasets[0].network_multiplier == 1.0
+
+
+CONFIG_README_DREAMBOOTH = {  # kohya docs/config_README-en.md example, DreamBooth part (paths adapted)
+    "general": {"shuffle_caption": True, "caption_extension": ".txt", "keep_tokens": 1},
+    "datasets": [{"resolution": 512, "batch_size": 4, "keep_tokens": 2, "subsets": [
+        {"image_dir": "hoge", "class_tokens": "hoge girl"},
+        {"image_dir": "fuga", "class_tokens": "fuga boy", "keep_tokens": 3},
+        {"is_reg": True, "image_dir": "reg", "class_tokens": "human", "keep_tokens": 1}]}],
+}
+
+
+def test_dataset_config_json_reads_like_toml(tmp_path, write_toml):
+    import json
+
+    toml_path = write_toml("""[general]\nshuffle_caption = true\ncaption_extension = '.txt'\nkeep_tokens = 1\n
+[[datasets]]\nresolution = 512\nbatch_size = 4\nkeep_tokens = 2\n
+  [[datasets.subsets]]\n  image_dir = 'hoge'\n  class_tokens = 'hoge girl'\n
+  [[datasets.subsets]]\n  image_dir = 'fuga'\n  class_tokens = 'fuga boy'\n  keep_tokens = 3\n
+  [[datasets.subsets]]\n  is_reg = true\n  image_dir = 'reg'\n  class_tokens = 'human'\n  keep_tokens = 1\n""")
+    json_path = tmp_path / "data.json"
+    json_path.write_text(json.dumps(CONFIG_README_DREAMBOOTH), encoding="utf-8")
+    from_toml = build_plan(CliDefaults(dataset_config=toml_path)).datasets
+    from_json = build_plan(CliDefaults(dataset_config=str(json_path))).datasets
+    assert from_toml == from_json
+    assert [s.keep_tokens for s in from_json[0].subsets] == [2, 3, 1] and from_json[0].subsets[2].is_reg
+
+
+def test_dataset_config_with_another_extension_is_read_as_toml(tmp_path, write_toml):
+    """kohya refuses a dataset config that ends neither in .toml nor .json; sd-train reads it as TOML."""
+    path = write_toml('[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "a"\n', "data.cfg")
+    assert build_plan(CliDefaults(dataset_config=path)).datasets[0].resolution == (64, 64)

@@ -270,3 +270,15 @@ def test_values_outside_choices_kohya_fails_on(tmp_path, line, context):
 def test_command_line_keeps_argparse_choices():
     with pytest.raises(UserError, match="invalid choice"):
         parse_options(["--max_token_length", "128"], "sdxl")
+
+
+@pytest.mark.parametrize("line, name, expected", [
+    ("validation_split = 0", "validation_split", 0.0),  # kohya's argparse_schema wants a float: fails there
+    ('keep_tokens = "1"', "keep_tokens", 1),  # ... an int: fails there
+    ("caption_dropout_rate = 0", "caption_dropout_rate", 0.0),  # Any(float, int): fine in both
+])
+def test_dataset_fallbacks_in_the_training_file_are_converted(tmp_path, line, name, expected):
+    """kohya validates the argparse namespace with its dataset schema before using it as the fallback of every
+    dataset TOML; sd-train converts the value with the flag's type instead."""
+    value = _parse(tmp_path, line + "\n")[1].flat()[name]
+    assert value == expected and type(value) is type(expected)
