@@ -92,6 +92,7 @@ def test_unknown_key_several_hints_and_none(tmp_path, monkeypatch):
     ("epoch", "delete it; max_train_epochs / max_train_steps set the run length"),
     ("noise_offset_type", "delete it; noise_offset or multires_noise_iterations choose the noise"),
     ("loraplus_lr_ratio", 'move it into network_args, e.g. network_args = ["loraplus_lr_ratio=16"]'),
+    ("train_inpainting", "delete it; sd-scripts has no such option"),
 ])
 def test_kohya_ss_gui_keys_are_named_and_ignored_as_in_kohya(tmp_path, key, advice, caplog):
     cfg = _write(tmp_path / "gui.toml", f"network_dim = 8\n{key} = 8\n")

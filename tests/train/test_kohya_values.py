@@ -282,3 +282,19 @@ def test_dataset_fallbacks_in_the_training_file_are_converted(tmp_path, line, na
     dataset TOML; sd-train converts the value with the flag's type instead."""
     value = _parse(tmp_path, line + "\n")[1].flat()[name]
     assert value == expected and type(value) is type(expected)
+
+
+def test_docs_table_names_every_option_and_existing_tests():
+    """docs/CONFIG_VALUES.md §2 lists every string option; every test it cites exists."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "CONFIG_VALUES.md").read_text(encoding="utf-8")
+    section = doc.split("## 2.")[1].split("## 3.")[0]
+    for name in READINGS:
+        star = next((p + "*" for p in ("huggingface_", "offload_", "metadata_") if name.startswith(p)), name)
+        assert f"`{star}`" in section, name
+    for path, test in re.findall(r"`([\w/]*test_\w+\.py)::(test_\w+)", doc):
+        files = list(root.glob(f"tests/**/{Path(path).name}"))
+        assert files and f"def {test}(" in files[0].read_text(encoding="utf-8"), f"{path}::{test}"
