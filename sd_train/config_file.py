@@ -120,6 +120,8 @@ def _convert_scalar(meta: dict, value: Any, where: str) -> Any:
     accepted = _ACCEPTED.get(conv, (int, float, str) if conv.__name__ == "int_or_ratio" else (str,))
     if accepted == (str,) and (value is False or value == ""):  # kohya-compat: read by sd_train.kohya_values
         return value
+    if conv is int and isinstance(value, float) and value.is_integer():  # sd-train: 10.0 is 10
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, accepted) or value == "":
         raise UserError(f"{where} = {toml_value(value)}: expected {_TYPE_WORDS.get(conv, 'a string')}; "
                         "fix the value or remove the key")

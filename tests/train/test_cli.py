@@ -114,6 +114,7 @@ def test_sdxl_only_key_for_sd_entry(tmp_path, monkeypatch):
 @pytest.mark.parametrize("line, key, expected", [
     ("network_dim = 8", "network_dim", 8),
     ("network_dim = '8'", "network_dim", 8),
+    ("max_train_epochs = 10.0", "max_train_epochs", 10),
     ("network_alpha = 16", "network_alpha", 16.0),
     ("learning_rate = '1e-4'", "learning_rate", 1e-4),
     ("output_name = 'x'", "output_name", "x"),

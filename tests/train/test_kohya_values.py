@@ -298,3 +298,17 @@ def test_docs_table_names_every_option_and_existing_tests():
     for path, test in re.findall(r"`([\w/]*test_\w+\.py)::(test_\w+)", doc):
         files = list(root.glob(f"tests/**/{Path(path).name}"))
         assert files and f"def {test}(" in files[0].read_text(encoding="utf-8"), f"{path}::{test}"
+
+
+def test_empty_vae_stops_the_entry_point_before_anything_loads(tmp_path, capsys):
+    """Issue #18 class 2: was ".: no .safetensors VAE weights in this folder" after the base model loaded."""
+    from sd_train.sdxl_train_network import main
+
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f'[model_arguments]\npretrained_model_name_or_path = "{tmp_path}/missing.safetensors"\nvae = ""\n'
+                   f'[training_arguments]\noutput_dir = "{tmp_path}/out"\n', encoding="utf-8")
+    assert main(["--config_file", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'error: {cfg} [model_arguments]: vae = "": kohya uses this as a value, not as unset, and fails; '
+                   "remove the key to use the checkpoint's own VAE, or give a VAE file, diffusers folder or hub id"]
+    assert not (tmp_path / "out").exists()
