@@ -15,14 +15,13 @@ from typing import Any
 
 from library.errors import UserError
 from sd_train.compat import check_unsupported
-from sd_train.config_file import load_config_file, toml_path
+from sd_train.config_file import PROGS, load_config_file, toml_path
 from sd_train.kohya_values import read_values
 from sd_train.options import TrainOptions, option_fields
 from sd_train.options.rules import normalize, validate
 
 logger = logging.getLogger(__name__)
 
-PROGS = {"sd": "train_network.py", "sdxl": "sdxl_train_network.py"}
 NEVER_WRITTEN = ("config_file", "output_config", "wandb_api_key", "huggingface_token", "debug")
 
 __all__ = ["PROGS", "build_parser", "load_config_file", "parse_options", "validate", "write_output_config"]

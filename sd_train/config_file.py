@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 _ACCEPTED = {str: (str,), int: (int, str), float: (int, float, str)}
 _HINT_SPREAD = 0.1
-_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number"}
-_PROGS = {"sd": "train_network.py", "sdxl": "sdxl_train_network.py"}
+_TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number",
+               "int_or_ratio": 'a step count, a fraction below 1 or "N%"'}
+PROGS = {"sd": "train_network.py", "sdxl": "sdxl_train_network.py"}
 
 
 def toml_path(path: str) -> str:
@@ -78,14 +79,14 @@ def _flatten(doc: dict, path: str) -> dict[str, tuple[Any, str]]:
 
 def _unknown_key(key: str, where: str, entry: str) -> UserError:
     if key in {f.name for _, f in option_fields("sdxl")}:
-        return UserError(f"{where}: key '{key}' is only valid for {_PROGS['sdxl']}")
+        return UserError(f"{where}: key '{key}' is only valid for {PROGS['sdxl']}")
     names = sorted({f.name for _, f in option_fields("sdxl")} - {"debug"})
     hints = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     best = difflib.SequenceMatcher(None, key, hints[0]).ratio() if hints else 0.0
     # sd-train: of difflib's matches, only those nearly as close as the best one are offered
     hints = [h for h in hints if difflib.SequenceMatcher(None, key, h).ratio() >= best - _HINT_SPREAD]
     if not hints:
-        return UserError(f"{where}: unknown key '{key}'. See {_PROGS[entry]} --help for the option names")
+        return UserError(f"{where}: unknown key '{key}'. See {PROGS[entry]} --help for the option names")
     quoted = [f"'{h}'" for h in hints]
     choice = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
     return UserError(f"{where}: unknown key '{key}'. Did you mean {choice}?")
@@ -123,7 +124,7 @@ def _convert_scalar(meta: dict, value: Any, where: str) -> Any:
     if conv is int and isinstance(value, float) and value.is_integer():  # sd-train: 10.0 is 10
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, accepted) or value == "":
-        raise UserError(f"{where} = {toml_value(value)}: expected {_TYPE_WORDS.get(conv, 'a string')}; "
+        raise UserError(f"{where} = {toml_value(value)}: expected {_TYPE_WORDS.get(conv.__name__, 'a string')}; "
                         "fix the value or remove the key")
     try:
         return conv(value)

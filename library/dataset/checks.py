@@ -6,20 +6,24 @@ from library.dataset.specs import DatasetSpec
 from library.errors import UserError
 
 
-def _check_steps(spec: DatasetSpec, where: str, step_multiple: int, warnings: list[str]) -> None:
+def _check_steps(spec: DatasetSpec, given: str, step_multiple: int, warnings: list[str]) -> None:
     """kohya asserts the model's step multiple only for DreamBooth / fine-tuning datasets with buckets; a
-    conditioning (masked_loss) dataset leaves its own steps unset, so kohya never checks them."""
+    conditioning (masked_loss) dataset leaves its own steps unset, so kohya never checks them.
+
+    Args:
+        given: How the user gave the value (``datasets[0].bucket_reso_steps = 32``), for messages.
+    """
     steps = spec.bucket_reso_steps
     if steps <= 0:  # kohya divides by it
-        raise UserError(f"{where} = {steps}: must be a positive multiple of {step_multiple}")
+        raise UserError(f"{given}: must be a positive multiple of {step_multiple}")
     if not steps % step_multiple:
         return
     if spec.kind == "CN":  # kohya-compat
-        warnings.append(f"{where} = {steps} is not a multiple of {step_multiple}; kohya does not check it for "
+        warnings.append(f"{given} is not a multiple of {step_multiple}; kohya does not check it for "
                         f"conditioning (masked_loss) datasets, so buckets use {steps}-pixel steps")
         return
-    raise UserError(f"{where} = {steps}: must be a multiple of {step_multiple} for this model (kohya asserts "
-                    f"it too); use {step_multiple * max(1, round(steps / step_multiple))}")
+    raise UserError(f"{given}: must be a multiple of {step_multiple} for this model (kohya asserts it too); "
+                    f"use {step_multiple * max(1, round(steps / step_multiple))}")
 
 
 def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
@@ -38,8 +42,8 @@ def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
         raise UserError(f"{where}: resolution {spec.resolution[0]}x{spec.resolution[1]} must be positive")
     if not spec.enable_bucket:  # kohya-compat: the bucket settings are not read (nor checked)
         return
-    _check_steps(spec, f"{where}.bucket_reso_steps" if from_config else "--bucket_reso_steps", step_multiple,
-                 warnings)
+    given = f"{where}.bucket_reso_steps = {steps}" if from_config else f"--bucket_reso_steps {steps}"
+    _check_steps(spec, given, step_multiple, warnings)
     if spec.bucket_no_upscale:
         warnings.append(f"{where}: bucket_no_upscale ignores min/max_bucket_reso")
         return

@@ -74,7 +74,7 @@ def test_command_line_steps_are_named_as_the_flag(tmp_path, make_folder):
     make_folder("train/5_cat", [(64, 64)])
     plan = build_plan(CliDefaults(train_data_dir=str(tmp_path / "train"), resolution="64", enable_bucket=True,
                                   min_bucket_reso=64, bucket_reso_steps=32))
-    with pytest.raises(UserError, match=r"^--bucket_reso_steps = 32: must be a multiple of 64 for this model"):
+    with pytest.raises(UserError, match=r"^--bucket_reso_steps 32: must be a multiple of 64 for this model"):
         prepare(plan, seed=0, bucket_step_multiple=64, is_sdxl=False)
 
 

@@ -312,3 +312,8 @@ def test_empty_vae_stops_the_entry_point_before_anything_loads(tmp_path, capsys)
     assert err == [f'error: {cfg} [model_arguments]: vae = "": kohya uses this as a value, not as unset, and fails; '
                    "remove the key to use the checkpoint's own VAE, or give a VAE file, diffusers folder or hub id"]
     assert not (tmp_path / "out").exists()
+
+
+def test_ratio_option_type_error_says_what_it_takes(tmp_path):
+    assert _refused(tmp_path, "lr_warmup_steps = true").endswith(
+        'lr_warmup_steps = true: expected a step count, a fraction below 1 or "N%"; fix the value or remove the key')
