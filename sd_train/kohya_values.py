@@ -187,6 +187,8 @@ def _out_of_choices(name: str, value: Any, values: dict) -> tuple[Any, str] | No
                                                               "FATAL", "CRITICAL"):
         level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(str(value).upper(), str(value).upper())
         return level, f"using {level}"
+    if name == "sample_sampler" and value == "ddpm":  # kohya's hidden DDPM sampler
+        return "ddim", "sd-train has no ddpm sampler (kohya keeps it off its list); using ddim"
     if name == "sample_sampler" and value not in SAMPLERS:
         return "ddim", "kohya samples with ddim for a name it does not know; using ddim"
     if name == "resize_interpolation" and value == "box":

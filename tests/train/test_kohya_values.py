@@ -238,6 +238,7 @@ def test_max_token_length_128_tokenizes_like_75():
     ('save_precision = "fp32"', "save_precision", None, "saving in the training dtype"),
     ('save_model_as = "SafeTensors"', "save_model_as", "safetensors", "saving as .safetensors"),
     ('sample_sampler = "Euler a"', "sample_sampler", "ddim", "kohya samples with ddim"),
+    ('sample_sampler = "ddpm"', "sample_sampler", "ddim", "sd-train has no ddpm sampler"),
     ('console_log_level = "warn"', "console_log_level", "WARNING", "using WARNING"),
     ('resize_interpolation = "box"', "resize_interpolation", "box", "using box"),
     ('log_with = "mlflow"', "log_with", "mlflow", "passed to accelerate"),
