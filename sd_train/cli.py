@@ -16,6 +16,7 @@ from typing import Any
 from library.errors import UserError
 from sd_train.compat import check_unsupported
 from sd_train.config_file import PROGS, load_config_file, toml_path
+from sd_train.families import family_class
 from sd_train.kohya_values import read_values
 from sd_train.options import TrainOptions, option_fields
 from sd_train.options.rules import normalize, validate
@@ -34,11 +35,6 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}", exit_code=2)
 
 
-def _check_entry(entry: str) -> None:
-    if entry not in PROGS:
-        raise ValueError(f"entry must be 'sd' or 'sdxl', not {entry!r}")
-
-
 def build_parser(entry: str, *, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """Build the argparse parser of one entry point from the option fields.
 
@@ -49,8 +45,7 @@ def build_parser(entry: str, *, suppress_defaults: bool = False) -> argparse.Arg
     Returns:
         The parser (``allow_abbrev`` on, as kohya).
     """
-    _check_entry(entry)
-    parser = _Parser(prog=PROGS[entry], allow_abbrev=True,
+    parser = _Parser(prog=family_class(entry).script(), allow_abbrev=True,
                      argument_default=argparse.SUPPRESS if suppress_defaults else None)
     for _, f in option_fields(entry):
         meta = f.metadata
@@ -83,7 +78,7 @@ def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
     Raises:
         UserError: Any usage error (exit 2), or a missing config file (exit 1).
     """
-    _check_entry(entry)
+    family_class(entry)  # ValueError for an unknown entry
     given = vars(build_parser(entry, suppress_defaults=True).parse_args(argv))
     values = {f.name: f.default for _, f in option_fields(entry)}
     if given.get("output_config"):

@@ -17,6 +17,7 @@ from typing import Any
 
 from library.errors import UserError
 from sd_train.compat import GUI_ONLY_KEYS
+from sd_train.families import ENTRIES
 from sd_train.options import option_fields
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ _ACCEPTED = {str: (str,), int: (int, str), float: (int, float, str)}
 _HINT_SPREAD = 0.1
 _TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number",
                "int_or_ratio": 'a step count, a fraction below 1 or "N%"'}
-PROGS = {"sd": "train_network.py", "sdxl": "sdxl_train_network.py"}
+PROGS = {entry: cls.script() for entry, cls in ENTRIES.items()}
 
 
 def toml_path(path: str) -> str:
@@ -78,9 +79,10 @@ def _flatten(doc: dict, path: str) -> dict[str, tuple[Any, str]]:
 
 
 def _unknown_key(key: str, where: str, entry: str) -> UserError:
-    if key in {f.name for _, f in option_fields("sdxl")}:
-        return UserError(f"{where}: key '{key}' is only valid for {PROGS['sdxl']}")
-    names = sorted({f.name for _, f in option_fields("sdxl")} - {"debug"})
+    owners = [e for e in ENTRIES if e != entry and key in {f.name for _, f in option_fields(e)}]
+    if owners:
+        return UserError(f"{where}: key '{key}' is only valid for {PROGS[owners[0]]}")
+    names = sorted({f.name for _, f in option_fields()} - {"debug"})
     hints = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     best = difflib.SequenceMatcher(None, key, hints[0]).ratio() if hints else 0.0
     # sd-train: of difflib's matches, only those nearly as close as the best one are offered

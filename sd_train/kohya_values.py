@@ -207,7 +207,7 @@ def _accelerate_trackers() -> tuple[str, ...]:
 
 
 def _choices() -> list[tuple[str, tuple]]:
-    return [(f.name, f.metadata["choices"]) for _, f in option_fields("sdxl") if f.metadata["choices"]]
+    return [(f.name, f.metadata["choices"]) for _, f in option_fields() if f.metadata["choices"]]
 
 
 def read_values(values: dict, origins: dict[str, str]) -> list[str]:
@@ -224,7 +224,7 @@ def read_values(values: dict, origins: dict[str, str]) -> list[str]:
         UserError: A value kohya fails on (one line: key, value, what to do).
     """
     notes: list[str] = []
-    fields = {f.name: f for _, f in option_fields("sdxl")}
+    fields = {f.name: f for _, f in option_fields()}
     for name, origin in origins.items():
         f, value = fields[name], values[name]
         if not f.metadata["flag"] and not f.metadata["nargs"] and (value is False or value == ""):

@@ -95,7 +95,7 @@ class Trainer:
         flat, s = self.opts.flat(), self.opts.saving
         defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
         d = self.opts.dataset
-        self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
+        self.prepared = prepare(build_plan(defaults), seed=self.seed,
                                 bucket_step_multiple=self.family.bucket_step_multiple,
                                 latents_cached=d.cache_latents or d.cache_latents_to_disk)
         if self.opts.sampling.sample_prompts:
@@ -140,7 +140,7 @@ class Trainer:
             te.to(device, self.weight_dtype if device.type != "cpu" else torch.float32)
         # torch's own to(): diffusers' override warns about fp32-kept modules even when it has none
         torch.nn.Module.to(vae, device, torch.float32 if m.no_half_vae else self.weight_dtype)
-        show, tag = self.accelerator.is_local_main_process, "sdxl" if self.family.name == "sdxl" else "sd"
+        show, tag = self.accelerator.is_local_main_process, self.family.spec.latent_cache_tag
         for ds in filter(None, (self.dataset, self.val_dataset)):
             if d.cache_latents or d.cache_latents_to_disk:
                 latent_cache.cache_latents(
@@ -374,7 +374,7 @@ class Trainer:
 
 
 def run(family_cls, argv: list[str] | None, entry: str) -> int:
-    """Parse options (``entry`` = ``"sd"`` | ``"sdxl"``), then set up and train; returns 0."""
+    """Parse options (``entry``: a key of ``sd_train.families.ENTRIES``), then set up and train; returns 0."""
     options = parse_options(argv, entry)
     log = options.logging
     setup_logging(log.console_log_level, log.console_log_file, log.console_log_simple)
