@@ -134,6 +134,7 @@ def _readings() -> dict[str, Reading]:
 
 
 READINGS = _readings()
+_AS_GIVEN = Reading(KEEP, REFUSE, "remove the key")  # an option without a row (a test asks for one)
 
 
 def spell(name: str, value: Any, origin: str) -> str:
@@ -144,7 +145,7 @@ def spell(name: str, value: Any, origin: str) -> str:
 
 
 def _read_absent_like(name: str, value: Any, origin: str, values: dict, default: Any) -> str | None:
-    reading = READINGS[name]
+    reading = READINGS.get(name, _AS_GIVEN)
     if reading.used is not None and not reading.used(values):
         values[name] = default  # kohya never reads it in this run
         return None
