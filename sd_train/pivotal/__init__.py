@@ -68,8 +68,10 @@ class Pivot:
                 p.copy_(saved[f"rows.{i}"])
 
 
-def _initial_rows(plan: TokenPlan, tokenizer, table: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, str]:
-    """``((n, D) rows, how)`` of one text encoder: from the initializer words, else random."""
+def _initial_rows(plan: TokenPlan, tokenizer, table: torch.Tensor, gen: torch.Generator,
+                  first: bool) -> tuple[torch.Tensor, str]:
+    """``((n, D) rows, how)`` of one text encoder: from the initializer words, else random (``first``: the
+    first text encoder, which reports a word count that does not fit)."""
     if not plan.initializer:
         return random_rows(table, len(plan.tokens), gen), "random"
     ids = tokenizer.encode_without_specials(plan.initializer)
@@ -80,7 +82,7 @@ def _initial_rows(plan: TokenPlan, tokenizer, table: torch.Tensor, gen: torch.Ge
         mean = not plan.cycle_init and len(ids) != len(tokens)
         how = "cycle" if plan.cycle_init else "mean" if mean else how
         blocks.append(concept_rows(table, ids, len(tokens), mean))
-    if plan.cycle_init and len(ids) != len(plan.tokens):
+    if first and plan.cycle_init and len(ids) != len(plan.tokens):
         logger.warning("--init_word has %d tokens for %d vectors; its tokens are repeated or cut", len(ids),
                        len(plan.tokens))
     return torch.cat(blocks), how
@@ -99,9 +101,9 @@ def setup(trainer) -> Pivot | None:
         return None
     gen = torch.Generator().manual_seed(trainer.seed)
     modules, how = [], "random"
-    for tokenizer, te in zip(trainer.family.tokenizers(), trainer.models.text_encoders):
+    for i, (tokenizer, te) in enumerate(zip(trainer.family.tokenizers(), trainer.models.text_encoders)):
         tokenizer.add_tokens(plan.tokens)
-        rows, how = _initial_rows(plan, tokenizer, te.get_input_embeddings().weight, gen)
+        rows, how = _initial_rows(plan, tokenizer, te.get_input_embeddings().weight, gen, first=i == 0)
         modules.append(add_rows(te, rows))
     standalone = isinstance(trainer.host.network, EmbeddingNetwork)
     embeddings = trainer.host.network if standalone else EmbeddingNetwork()
