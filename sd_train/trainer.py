@@ -28,7 +28,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import checkpointing, metadata, objective, optim, pivotal, preservation, resume, sampling, tracking
+from sd_train import checkpointing, class_images, metadata, objective, optim, pivotal, preservation, resume
+from sd_train import sampling, tracking
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -64,6 +65,7 @@ class Trainer:
     def setup(self) -> bool:
         """Build everything in kohya's order (TRAINING.md §1 steps 2–9); False after --debug_dataset."""
         self._seed()
+        class_images.fill_reg_subsets(self)  # --generate_class_images: before the dataset scan
         if not self._setup_data():
             return False
         self._setup_accelerator()

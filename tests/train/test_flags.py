@@ -12,7 +12,7 @@ from sd_train.compat import unsupported_table
 from sd_train.options import PivotalOptions, option_fields
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-OURS = {"debug", "max_nan_steps"} | {f.name for f in dataclasses.fields(PivotalOptions)}  # sd-train's own flags
+OURS = {"debug", "max_nan_steps", "generate_class_images"} | {f.name for f in dataclasses.fields(PivotalOptions)}
 
 
 def _kohya(entry: str) -> set[str]:
