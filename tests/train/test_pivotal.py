@@ -196,3 +196,20 @@ def test_diffusers_loads_lora_and_embedding_together(run, assets, tmp_path):
 
     image, plain = render(prompt), render("a photo of shape")
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all() and not np.array_equal(image, plain)
+
+
+def test_worked_example_config_trains(assets, tmp_path):
+    """examples/pivotal_sdxl.toml through --config_file, with the tiny model, data and one step on the command
+    line (command line > config file): the LoRA and its _emb file are written."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "pivotal_sdxl.toml"
+    ckpt, toml = assets
+    assert sdxl_main(["--config_file", str(example), "--pretrained_model_name_or_path", str(ckpt),
+                      "--dataset_config", str(toml), "--output_dir", str(tmp_path), "--max_train_steps", "1",
+                      "--mixed_precision", "no", "--token_abstraction", "sks", "--sample_every_n_steps", "0",
+                      "--max_data_loader_n_workers", "0"]) == 0
+    emb, meta = load_file(tmp_path / "tok_woman_emb.safetensors")
+    assert {k: tuple(v.shape) for k, v in emb.items()} == {"clip_l": (2, 32), "clip_g": (2, 32)}
+    assert meta["ss_token_abstraction"] == '{"sks": ["<s0>", "<s1>"]}'
+    assert load_file(tmp_path / "tok_woman.safetensors")[1]["ss_ti_init"] == "mean"  # "woman" is one token for two rows
