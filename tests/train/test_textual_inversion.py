@@ -1,6 +1,7 @@
 """kohya's textual-inversion entry points end to end on the tiny SD1.5 and SDXL: kohya's flags and file layouts
 (``emb_params`` / ``clip_l`` + ``clip_g``, ``.pt`` by default), ``--init_word``, templates, ``--weights`` to
-continue, and the files loading through diffusers' ``load_textual_inversion``."""
+continue, and the files loading through diffusers' ``load_textual_inversion``; and SD1.5 pivotal tuning through
+train_network.py (SD's one-encoder embedding layout)."""
 
 from __future__ import annotations
 
@@ -123,3 +124,24 @@ def test_weights_of_the_wrong_shape_are_one_line(sd15, tmp_path, capsys):
     assert sd_ti_main(_args(ckpt, toml, tmp_path / "o", "--num_vectors_per_token", "3", "--weights", str(bad))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{bad}: holds vectors of shapes [(2, 32)]" in err[0]
+
+
+def test_sd15_pivotal_tuning_in_train_network(sd15, tmp_path):
+    """train_network.py --train_text_encoder_ti: SD1's ``_emb`` file holds ``emb_params`` (one text encoder);
+    two placeholders get <s0><s1> and <s2><s3>, bundled as A1111's ``string_to_param`` per placeholder."""
+    from sd_train.train_network import main as sd_main
+
+    ckpt, toml = sd15
+    assert sd_main(["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml), "--output_dir",
+                    str(tmp_path), "--network_module", "networks.lora", "--network_dim", "4", "--max_train_steps", "2",
+                    "--max_data_loader_n_workers", "0", "--seed", "4", "--learning_rate", "1e-2",
+                    "--train_text_encoder_ti", "--token_abstraction", "sks,shape", "--bundle_embeddings",
+                    "--initializer_concept", "a shape"]) == 0
+    emb, meta = load_file(tmp_path / "last_emb.safetensors")
+    assert {k: tuple(v.shape) for k, v in emb.items()} == {"emb_params": (4, 32)}
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1/textual-inversion"
+    lora, lmeta = load_file(tmp_path / "last.safetensors")
+    assert torch.equal(lora["bundle_emb.sks.string_to_param.*"], emb["emb_params"][:2])
+    assert torch.equal(lora["bundle_emb.shape.string_to_param.*"], emb["emb_params"][2:])
+    assert lmeta["ss_token_abstraction"] == '{"sks": ["<s0>", "<s1>"], "shape": ["<s2>", "<s3>"]}'
+    assert lmeta["ss_ti_init"] == "per_token" and lmeta["ss_initializer_concept"] == "a shape"
