@@ -188,6 +188,13 @@ def test_diffusers_loads_lora_and_embedding_together(run, assets, tmp_path):
         with torch.no_grad():
             a, b = te(hf_ids, output_hidden_states=True), theirs(hf_ids, output_hidden_states=True)
         torch.testing.assert_close(b.hidden_states[-2], a.hidden_states[-2], atol=1e-4, rtol=1e-4)
+    from library.embeddings.files import bundle_keys
+    from safetensors.torch import save_file
+
+    lora, _ = load_file(run.out / "piv.safetensors")
+    save_file({**lora, **bundle_keys("sks", [emb["clip_l"], emb["clip_g"]])}, str(tmp_path / "bundled.safetensors"))
+    with pytest.raises(ValueError, match="Invalid LoRA checkpoint"):  # why --bundle_embeddings is off by default
+        pipe.load_lora_weights(str(tmp_path / "bundled.safetensors"))
     pipe.load_lora_weights(str(run.out / "piv.safetensors"))
 
     def render(text):
