@@ -52,8 +52,8 @@ class Pivot:
     def save_state(self, folder: Path) -> None:
         """Write the rows into a state folder (textual inversion: they are the network's state already)."""
         if self.beside_network:
-            save_safetensors({f"rows.{i}": p.detach().contiguous().cpu() for i, p in enumerate(self.embeddings.rows)},
-                             str(Path(folder) / STATE_FILE))
+            rows = {k: v.detach().contiguous().cpu() for k, v in self.embeddings.state_dict().items()}
+            save_safetensors(rows, str(Path(folder) / STATE_FILE))
 
     def load_state(self, folder: Path) -> None:
         """Restore the rows of a pivotal run's state folder (bit-exact resume)."""
@@ -62,10 +62,7 @@ class Pivot:
         path = Path(folder) / STATE_FILE
         if not path.is_file():
             raise UserError(f"--resume {folder}: no {STATE_FILE}; the state was not saved by a pivotal-tuning run")
-        saved = load_safetensors(str(path))
-        with torch.no_grad():
-            for i, p in enumerate(self.embeddings.rows):
-                p.copy_(saved[f"rows.{i}"])
+        self.embeddings.load_state_dict(load_safetensors(str(path)))
 
 
 def _initial_rows(plan: TokenPlan, tokenizer, table: torch.Tensor, gen: torch.Generator,

@@ -12,12 +12,12 @@ from typing import Mapping, Sequence
 
 import torch
 
-from library.embeddings.files import Embedding, bundle_keys, write_embedding
+from library.embeddings.files import bundle_keys
 from library.lora.file import load_tensors
 from library.io.safetensors_io import save_lora_file
 from sd_train.checkpointing import embedding_file
 from sd_train.network_host import NetworkHost
-from sd_train.pivotal.network import EmbeddingNetwork, embedding_metadata
+from sd_train.pivotal.network import EmbeddingNetwork
 from sd_train.pivotal.plan import TokenPlan
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class PivotalHost(NetworkHost):
                 tensors.update({k: v.to(dtype or v.dtype) for k, v in bundle_keys(placeholder, rows).items()})
             save_lora_file(tensors, path, stored or meta)
         emb = embedding_file(path)
-        write_embedding(Embedding(vectors), emb, "kohya", dtype=dtype,
-                        metadata=embedding_metadata(meta, self.plan.placeholders))
+        self.embeddings.save_weights(str(emb), dtype, meta)
         logger.info("saved %s: prompt with '%s' in A1111, 'embedding:%s' in ComfyUI (with the LoRA loaded)",
                     emb.name, emb.stem, emb.stem)
 

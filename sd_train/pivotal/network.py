@@ -17,6 +17,7 @@ from torch import nn
 from library.embeddings.files import Embedding, read_embedding, write_embedding
 from library.embeddings.rows import AddedTokenEmbedding, clip_row_norms, mean_row_norm
 from library.errors import UserError
+from sd_train.pivotal.plan import placeholders_json
 
 EMBEDDING_ARCHITECTURE = "/textual-inversion"  # kohya-compat: modelspec.architecture suffix of embeddings
 
@@ -109,12 +110,10 @@ class EmbeddingNetwork(nn.Module):
 
 def embedding_metadata(metadata: dict | None, placeholders: dict) -> dict[str, str]:
     """An embedding file's metadata: the run's ``modelspec.*`` (as an embedding) plus its placeholders."""
-    import json
-
     out = {k: v for k, v in (metadata or {}).items() if k.startswith("modelspec.")}
     if "modelspec.architecture" in out:
         out["modelspec.architecture"] = out["modelspec.architecture"].rsplit("/", 1)[0] + EMBEDDING_ARCHITECTURE
-    out["ss_token_abstraction"] = json.dumps({p: list(t) for p, t in placeholders.items()})
+    out["ss_token_abstraction"] = placeholders_json(placeholders)
     return out
 
 

@@ -89,7 +89,7 @@ class TokenPlan:
 
     def metadata(self, init: str) -> dict[str, str]:
         """``ss_*`` keys of a LoRA trained with these tokens (``init``: how the rows started)."""
-        return {"ss_token_abstraction": json.dumps({p: list(t) for p, t in self.placeholders.items()}),
+        return {"ss_token_abstraction": placeholders_json(self.placeholders),
                 "ss_num_new_tokens_per_abstraction": str(len(next(iter(self.placeholders.values())))),
                 "ss_initializer_concept": self.initializer or "", "ss_ti_init": init,
                 "ss_train_text_encoder_ti": str(self.train), "ss_ti_lr": str(self.lr),
@@ -116,6 +116,11 @@ class TokenPlan:
         return cls(placeholders, initializer=pv.initializer_concept, train=pv.train_text_encoder_ti, lr=lr,
                    stop_fraction=pv.train_text_encoder_ti_frac, norm_clip=pv.ti_norm_clip,
                    weights=str(weights) if weights else None, bundle=pv.bundle_embeddings)
+
+
+def placeholders_json(placeholders: dict[str, tuple[str, ...]]) -> str:
+    """``ss_token_abstraction``: ``{"TOK": ["<s0>", "<s1>"]}`` as JSON."""
+    return json.dumps({p: list(t) for p, t in placeholders.items()})
 
 
 def _kohya_plan(ti) -> TokenPlan:
