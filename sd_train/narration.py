@@ -105,9 +105,10 @@ class Narrator:
             finish = time.strftime("%H:%M", time.localtime(time.time() + remaining.total))
             self.info("ETA: %s (done about %s)", remaining.describe(), finish)
 
-    def losses(self, rows: list[tuple[int, float, float]]) -> None:
-        """Loss rows ``(step, current, average)`` as the trainer reads them from the device."""
+    def losses(self, rows: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+        """Loss rows ``(step, current, average)`` as the trainer reads them from the device; returns them."""
         self.record["loss"] = run_stats.add_losses(self.record["loss"], rows)
+        return rows
 
     def epoch_end(self, epoch_no: int, mean_loss: float, validation_loss: float | None = None) -> None:
         """Epoch ``epoch_no`` is complete: its mean loss, its time, the time still to come, and its
@@ -240,6 +241,13 @@ class Narrator:
 
         self.checkpoint(trainer, "finished")
         print("\n".join(summary_lines(self.record, self.out, self.opts)))
+
+    @staticmethod
+    def stop(trainer) -> None:
+        """The trainer's cleanup: close its narrator, when setup got as far as making one."""
+        narrator = getattr(trainer, "narrator", None)
+        if narrator is not None:
+            narrator.close(trainer)
 
     def close(self, trainer) -> None:
         """Cleanup of a run that did not finish (error, interrupt): the record says so and, once the run had

@@ -118,7 +118,7 @@ def build_plan(opts, report: dict, batches: int, num_processes: int, family, num
     t, s = opts.training, opts.saving
     max_steps, per_epoch, epochs = compute_steps(batches, num_processes, t.gradient_accumulation_steps,
                                                  t.max_train_steps, t.max_train_epochs)
-    every_epochs = effective_save_every_n_epochs(s.save_every_n_epochs, s.save_n_epoch_ratio, epochs)
+    every_epochs = effective_save_every_n_epochs(s, epochs)
     unet, te, cached = trained_parts(opts)
     plan = RunPlan(max_train_steps=max_steps, steps_per_epoch=per_epoch, num_epochs=epochs,
                    batches_per_epoch=batches, num_processes=num_processes,

@@ -28,7 +28,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import checkpointing, class_images, metadata, objective, optim, preservation, resume, sampling, tracking
+from sd_train import checkpointing, class_images, metadata, objective, optim, pivotal, preservation, resume
+from sd_train import sampling, tracking
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -170,6 +171,8 @@ class Trainer:
         self.host.apply_to(te, unet, self.train_te, not n.network_train_text_encoder_only)
         if n.network_weights:
             self.host.load_weights(n.network_weights)
+        self.pivot = pivotal.setup(self)  # new tokens (pivotal tuning, textual inversion) train with the network
+        self.train_te = self.train_te or bool(self.pivot and self.pivot.training)
         if self.opts.model.gradient_checkpointing:
             self.family.enable_gradient_checkpointing(unet, self.models.text_encoders if self.train_te else ())
             self.host.enable_gradient_checkpointing()
@@ -197,9 +200,8 @@ class Trainer:
             len(self.dataset), acc.num_processes, t.gradient_accumulation_steps, t.max_train_steps,
             t.max_train_epochs)
         self.dataset.max_train_steps = self.max_train_steps  # token warm-up fractions (CLI.md §7)
-        s = self.opts.saving  # kohya-compat: --save_n_epoch_ratio sets the cadence once the epochs are known
-        self.opts = self.opts.replace(save_every_n_epochs=effective_save_every_n_epochs(
-            s.save_every_n_epochs, s.save_n_epoch_ratio, self.num_epochs))
+        every = effective_save_every_n_epochs(self.opts.saving, self.num_epochs)  # kohya-compat: --save_n_epoch_ratio
+        self.opts = self.opts.replace(save_every_n_epochs=every)
         self.optimizer, self.optimizer_name = optim.build_optimizer(groups, o.optimizer_type, o.learning_rate,
                                                                     o.optimizer_args)
         self.lr_scheduler = optim.build_scheduler(
@@ -329,12 +331,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.opts.network.scale_weight_norms:
             self.host.apply_max_norm_regularization(self.opts.network.scale_weight_norms, self.accelerator.device)
+        if getattr(self, "pivot", None):
+            self.pivot.after_step()
         self.guard.check_params(params, step)
 
     def _flush_losses(self, bar=None) -> None:
         """Read pending losses (one host sync) and log kohya's scalars at the current step."""
-        rows = self.losses.flush()
-        self.narrator.losses(rows)
+        rows = self.narrator.losses(self.losses.flush())
         extra = {f"lr/{d}": g["lr"] for d, g in zip(self.lr_descriptions, self.optimizer.param_groups)}
         extra["sd_train/nonfinite_steps_skipped"] = self.guard.skipped_total
         for step, current, average in rows:
@@ -372,8 +375,7 @@ class Trainer:
     def cleanup(self) -> None:
         """End accelerate's trackers; in a single process, forget accelerate's global state so that
         ``main()`` can run again in-process with other precision settings (tests, notebooks)."""
-        if hasattr(self, "narrator"):
-            self.narrator.close(self)  # a run that did not finish keeps its record and report
+        Narrator.stop(self)  # a run that did not finish keeps its record and report
         if not hasattr(self, "accelerator"):  # stopped before accelerate started (bad input, --debug_dataset)
             return
         self.accelerator.end_training()
