@@ -84,7 +84,7 @@ class Narrator:
         self.device = device
         modules, params = run_stats.network_size(network)
         self.record["network"] = {"modules": modules, "params": params}
-        self.info("network: %s modules, %s trainable parameters", modules, f"{params:,}")
+        self.info("network: %s%s trainable parameters", f"{modules} modules, " if modules else "", f"{params:,}")
 
     def epoch_start(self, epoch_no: int, global_step: int) -> None:
         """Epoch ``epoch_no`` (from 1) begins after ``global_step`` optimizer steps (more than 0 on resume)."""
@@ -140,9 +140,13 @@ class Narrator:
     @contextlib.contextmanager
     def saving(self, path, trainer, report: bool = True) -> Iterator[None]:
         """Time the model save inside the block, narrate it, then (``report``) rewrite record and report."""
+        from sd_train.checkpointing import embedding_file
+
         started = time.perf_counter()
         yield
         self.wrote(path, "model", time.perf_counter() - started)
+        if embedding_file(path).is_file():  # pivotal tuning: the new tokens' embedding beside the LoRA
+            self.wrote(embedding_file(path), "embedding")
         if report:
             self.checkpoint(trainer)
 

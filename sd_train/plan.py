@@ -40,6 +40,7 @@ class RunPlan:
     trains_te: bool = True
     te_cached: bool = False
     save_precision: str = "float"
+    embeddings_only: bool = False
     estimate: LoraEstimate | None = None
     lr: LrPreview | None = None
     lines: list[str] = field(default_factory=list)
@@ -51,7 +52,7 @@ class RunPlan:
                 "num_processes": self.num_processes, "samples_per_epoch": self.samples_per_epoch,
                 "save_epochs": self.save_epochs, "save_steps": self.save_steps, "sample_times": self.sample_times,
                 "estimated_file_bytes": self.estimate.file_bytes if self.estimate else None,
-                "lines": self.lines}
+                "embeddings_only": self.embeddings_only, "lines": self.lines}
 
 
 def trained_parts(opts) -> tuple[bool, bool, bool]:
@@ -127,7 +128,8 @@ def build_plan(opts, report: dict, batches: int, num_processes: int, family, num
                    sample_times=_sample_times(opts.sampling, max_steps // per_epoch, max_steps),
                    num_prompts=num_prompts,
                    every_epochs=every_epochs, trains_unet=unet, trains_te=te, te_cached=cached,
-                   save_precision=save_precision(opts), estimate=estimate_network(opts, family.name, metadata_bytes))
+                   save_precision=save_precision(opts), embeddings_only=family.embeddings_only,
+                   estimate=None if family.embeddings_only else estimate_network(opts, family.name, metadata_bytes))
     plan.lr = preview_lr(opts.optimizer, max_steps, num_processes)
     plan.lines = format_plan(plan, opts, report, family)
     return plan

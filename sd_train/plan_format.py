@@ -14,6 +14,10 @@ def _lr(value: float) -> str:
 
 
 def _network(plan, opts) -> str:
+    if plan.embeddings_only:
+        ti = opts.textual_inversion
+        return (f"textual inversion: {ti.num_vectors_per_token} vector(s) for '{ti.token_string}'; only these new "
+                "token embeddings train")
     n = opts.network
     args = parse_network_args(n.network_args)
     conv = f"conv {args['conv_dim']}/{args.get('conv_alpha', 1)}" if args.get("conv_dim") else "no conv layers"
@@ -36,7 +40,8 @@ def _optimizer(plan, opts) -> list[str]:
     args = f" ({', '.join(o.optimizer_args)})" if o.optimizer_args else ""
     warm = f", warm-up {lr.warmup_steps} steps" if lr.warmup_steps else ", no warm-up"
     lines = [f"{name}{args}; scheduler {lr.scheduler}{warm}"]
-    for group, (start, peak, at, end) in lr.groups.items():
+    groups = {"embeddings": lr.groups["unet"]} if plan.embeddings_only and lr.groups else lr.groups
+    for group, (start, peak, at, end) in groups.items():
         if (group == "unet" and not plan.trains_unet) or (group.startswith("textencoder") and not plan.trains_te):
             continue
         lines.append(f"LR {group}: start {_lr(start)}, peak {_lr(peak)} at step {at}, end {_lr(end)}")

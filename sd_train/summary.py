@@ -12,12 +12,12 @@ from sd_train.plan_format import labelled
 TRIGGER_TAGS = 5
 
 
-def a1111_hash(path: str | os.PathLike) -> str:
-    """The 12-hex short hash A1111 shows for a LoRA: SHA-256 of a ``.safetensors`` file's data section
-    (the addnet hash, = ``sshs_model_hash``), of the whole file otherwise."""
+def a1111_hash(path: str | os.PathLike, lora: bool = True) -> str:
+    """The 12-hex short hash A1111 shows: for a ``.safetensors`` LoRA the SHA-256 of its data section (the
+    addnet hash, = ``sshs_model_hash``); for other LoRA files and for embeddings, of the whole file."""
     from library.io.safetensors_io import data_section_sha256, file_model_hashes
 
-    if str(path).endswith(".safetensors"):
+    if lora and str(path).endswith(".safetensors"):
         return data_section_sha256(path)[:12]
     return file_model_hashes(path)[1][:12]
 
@@ -57,21 +57,29 @@ def written_files(record: dict, out: Path) -> list[tuple[Path, str]]:
     return kept
 
 
-def _file_line(path: Path, kind: str) -> str:
+def _file_line(path: Path, kind: str, embeddings_only: bool) -> str:
     size = sized(path)
-    if kind == "model":
-        return f"{path}  {size}  A1111 hash {a1111_hash(path)}"
+    if kind in ("model", "embedding"):
+        return f"{path}  {size}  A1111 hash {a1111_hash(path, lora=kind == 'model' and not embeddings_only)}"
     if kind == "run report":
         return f"{path}  {size}  (open it in a browser)"
     return f"{path}  {size}" + ("  (state folder)" if path.is_dir() else "")
 
 
-def _usage(final: Path, record: dict, opts) -> list[str]:
+def _embedding_usage(emb: Path, beside: str = "") -> list[str]:
+    return [f"A1111 / Forge: copy {emb.name} into embeddings/{beside} and write {emb.stem} in the prompt",
+            f"ComfyUI: copy it into ComfyUI/models/embeddings/ and write embedding:{emb.stem} in the prompt"]
+
+
+def _usage(final: Path, record: dict, opts, embedding: Path | None) -> list[str]:
     stem, base = final.stem, opts.model.pretrained_model_name_or_path or "BASE.safetensors"
     words = ", ".join(record.get("trigger_words") or []) or "none found (captions carry no repeated tag)"
+    if record["plan"].get("embeddings_only"):  # textual inversion: the file is an embedding
+        return _embedding_usage(final) + [f"trigger word: {final.stem} (the embedding's name)"]
     rank = max(1, (opts.network.network_dim or 4) // 2)
+    emb = _embedding_usage(embedding, " (with the LoRA loaded)") if embedding else []
     return [f"ComfyUI: copy {final.name} into ComfyUI/models/loras/ and load it with a LoraLoader node",
-            f"A1111 / Forge: copy it into models/Lora/ and write <lora:{stem}:1> in the prompt",
+            f"A1111 / Forge: copy it into models/Lora/ and write <lora:{stem}:1> in the prompt", *emb,
             f"trigger words: {words}",
             f"smaller file: resize_lora --model {final} --new_rank {rank} --save_to "
             f"{final.with_name(f'{stem}-r{rank}{final.suffix}')}",
@@ -96,10 +104,13 @@ def summary_lines(record: dict, out: Path, opts) -> list[str]:
     vram = f", peak VRAM {human_size(memory['peak_vram_bytes'])}" if "peak_vram_bytes" in memory else ""
     rows.append(("memory", f"peak RSS {human_size(memory.get('peak_rss_bytes'))}{vram}"))
     files = written_files(record, out)
-    rows += [("wrote", _file_line(path, kind)) for path, kind in files]
+    rows += [("wrote", _file_line(path, kind, plan.get("embeddings_only", False))) for path, kind in files]
     if record.get("log_dir"):
         rows.append(("logs", f"{record['log_dir']}; tensorboard --logdir {opts.logging.logging_dir}"))
     models = [path for path, kind in files if kind == "model"]
     if models:
-        rows += [("use it", line) for line in _usage(models[-1], record, opts)]
+        from sd_train.checkpointing import embedding_file
+
+        emb = embedding_file(models[-1])
+        rows += [("use it", line) for line in _usage(models[-1], record, opts, emb if emb.is_file() else None)]
     return ["summary:"] + labelled(rows)

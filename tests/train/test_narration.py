@@ -115,3 +115,40 @@ def test_quiet_keeps_the_plan_warnings_and_summary(assets, tmp_path):
     assert code == 0
     assert "plan:" in out and "summary:" in out
     assert "sd_train.narration" not in err
+
+
+def _run_entry(main, assets, out, *extra) -> tuple[int, str]:
+    ckpt, toml = assets
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml), "--output_dir",
+                     str(out), "--max_train_steps", "2", "--save_every_n_steps", "1", "--max_data_loader_n_workers",
+                     "0", "--learning_rate", "1e-3", *extra])
+    return code, stdout.getvalue()
+
+
+def test_textual_inversion_plan_and_summary(assets, tmp_path, summary_rows):
+    """The plan names the embedding, the summary its files (whole-file hash, as A1111 shows embeddings) and
+    how embeddings are used."""
+    import hashlib
+
+    from sd_train.sdxl_train_textual_inversion import main
+
+    code, out = _run_entry(main, assets, tmp_path / "o", "--token_string", "mytok", "--num_vectors_per_token", "2")
+    assert code == 0
+    assert "textual inversion: 2 vector(s) for 'mytok'; only these new token embeddings train" in out
+    rows = summary_rows(out)
+    assert set(rows) == {str(p) for p in (tmp_path / "o").rglob("*") if p.is_file()}
+    pt = tmp_path / "o" / "mytok.pt"
+    assert rows[str(pt)].endswith(f"A1111 hash {hashlib.sha256(pt.read_bytes()).hexdigest()[:12]}")
+    assert "write embedding:mytok in the prompt" in out and "<lora:" not in out
+
+
+def test_pivotal_embeddings_are_listed_beside_their_lora(assets, tmp_path, summary_rows):
+    code, out = _run_entry(sdxl_main, assets, tmp_path / "o", "--network_module", "networks.lora",
+                           "--token_abstraction", "TOK", "--train_text_encoder_ti")
+    assert code == 0
+    rows = summary_rows(out)
+    assert set(rows) == {str(p) for p in (tmp_path / "o").rglob("*") if p.is_file()}
+    assert {"last_emb.safetensors", "at-step00000001_emb.safetensors"} <= {p.rsplit("/", 1)[1] for p in rows}
+    assert "copy last_emb.safetensors into embeddings/ (with the LoRA loaded) and write last_emb" in out
