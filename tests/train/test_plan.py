@@ -54,7 +54,7 @@ def _report(batch_size=2, samples=8):
 
 
 def test_plan_cadence_and_counts(tmp_path):
-    family = SimpleNamespace(name="sd1", base_model_version=lambda: "sd_v1")
+    family = SimpleNamespace(name="sd1", base_model_version=lambda: "sd_v1", embeddings_only=False)
     opts = _opts(max_train_epochs=5, gradient_accumulation_steps=2, save_every_n_epochs=2, save_every_n_steps=4,
                  sample_prompts="p.txt", sample_every_n_epochs=2, sample_at_first=True, output_name="x",
                  output_dir=str(tmp_path), pretrained_model_name_or_path=str(tmp_path / "missing.safetensors"))
