@@ -6,9 +6,12 @@ the training schedule. Basic: classifier-free guidance, one image per prompt, no
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +30,7 @@ SCHEDULERS = {  # kohya sampler name -> diffusers class (ddim is the fallback, k
     "k_dpm_2": "KDPM2DiscreteScheduler", "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
     "k_dpm_2_a": "KDPM2AncestralDiscreteScheduler",
 }
+PNDM_ORDER = 4  # diffusers' PNDMScheduler.pndm_order: its Runge-Kutta warm-up needs this many steps
 
 
 @dataclass(frozen=True)
@@ -111,17 +115,51 @@ def _parse_prompts(path: str, text: str) -> tuple[list[SamplePrompt], set[str]]:
     return [parse_prompt_line(ln) for ln in lines if ln and not ln.startswith("#")], ignored
 
 
-def make_scheduler(name: str | None, v_parameterization: bool):
-    """diffusers scheduler for a kohya sampler name, configured with the training schedule."""
+def make_scheduler(name: str | None, v_parameterization: bool, steps: int | None = None):
+    """diffusers scheduler for a kohya sampler name, configured with the training schedule.
+
+    kohya-compat: ``dpmsolver`` is DPM-Solver (``algorithm_type="dpmsolver"``), ``dpmsolver++`` DPM-Solver++;
+    an unknown name falls back to DDIM. sd-train: PNDM with fewer than 4 ``steps`` skips its Runge-Kutta
+    warm-up (diffusers cannot schedule it; kohya crashes there).
+    """
     import diffusers
 
-    cls = getattr(diffusers, SCHEDULERS.get((name or "ddim").lower(), "DDIMScheduler"))
+    key = (name or "ddim").lower()
+    cls = getattr(diffusers, SCHEDULERS.get(key, "DDIMScheduler"))
     kwargs = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
               "beta_schedule": "scaled_linear",
               "prediction_type": "v_prediction" if v_parameterization else "epsilon"}
-    if "dpmsolver++" == (name or "").lower():
-        kwargs["algorithm_type"] = "dpmsolver++"
-    return cls(**kwargs)
+    if key in ("dpmsolver", "dpmsolver++"):
+        kwargs["algorithm_type"] = key  # kohya-compat
+    if key == "dpmsolver":  # diffusers ≥ 0.26 refuses its default final sigma 0 here; older ones used sigma_min
+        kwargs["final_sigmas_type"] = "sigma_min"
+    if key == "pndm" and steps is not None and steps < PNDM_ORDER:
+        kwargs["skip_prk_steps"] = True
+    with warnings.catch_warnings():  # diffusers deprecates algorithm_type="dpmsolver" (kohya's choice)
+        warnings.simplefilter("ignore", FutureWarning)
+        return cls(**kwargs)
+
+
+def step_kwargs(scheduler, generator: torch.Generator) -> dict:
+    """``generator`` and ``eta`` (0) for ``scheduler.step``, each only when the scheduler takes it (kohya's rule)."""
+    params = inspect.signature(scheduler.step).parameters
+    return {k: v for k, v in (("generator", generator), ("eta", 0.0)) if k in params}
+
+
+def check_sampler_dependencies(names) -> None:
+    """Raise a one-line :class:`UserError` when a sampler in ``names`` needs a package that is missing.
+
+    ``lms`` / ``k_lms`` (``LMSDiscreteScheduler``) integrate with scipy.
+    """
+    needs_scipy = sorted({n.lower() for n in names if n} & {"lms", "k_lms"})
+    if not needs_scipy:
+        return
+    try:
+        importlib.import_module("scipy")  # LMSDiscreteScheduler integrates with scipy.integrate
+        importlib.import_module("scipy.integrate")
+    except ImportError:
+        raise UserError(f"--sample_sampler {needs_scipy[0]}: the LMS sampler needs scipy: pip install scipy, "
+                        "or choose another sampler") from None
 
 
 def sampler_for(p: SamplePrompt, option: str | None, family) -> str:
@@ -137,9 +175,10 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
 
     from library.models.fp8 import compute_dtype
 
-    sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization)
+    sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization, p.sample_steps)
     sched.set_timesteps(p.sample_steps, device=device)
     gen = torch.Generator().manual_seed(p.seed if p.seed is not None else int(time.time()))
+    extra = step_kwargs(sched, gen)
     conds = family.encode_captions(models.text_encoders, [p.negative_prompt, p.prompt])
     shape = (1, 4, p.height // 8, p.width // 8)
     latents = (torch.randn(shape, generator=gen) * sched.init_noise_sigma).to(device)
@@ -152,7 +191,7 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
         tt = torch.full((2,), int(t), dtype=torch.long, device=device)
         pred = family.predict(unet, x.to(dtype), tt, conds.to(device, dtype), size_batch).float()
         uncond, cond = pred.chunk(2)
-        latents = sched.step(uncond + p.scale * (cond - uncond), t, latents, generator=gen).prev_sample
+        latents = sched.step(uncond + p.scale * (cond - uncond), t, latents, **extra).prev_sample
     vae = models.vae
     with torch.autocast(torch.device(device).type, enabled=False):  # the VAE keeps its dtype (--no_half_vae)
         image = vae.decode((latents / family.latent_scale).to(next(vae.parameters()).dtype)).sample

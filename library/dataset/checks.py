@@ -19,6 +19,12 @@ def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
         raise UserError(f"{where}.bucket_reso_steps = {steps}: must be a multiple of "
                         f"{step_multiple} for this model")
     if not spec.enable_bucket:
+        bad = [side for side in spec.resolution if side % step_multiple]
+        if bad:  # sd-train: kohya stops at the first step with a UNet shape error
+            raise UserError(f"{where}: resolution {spec.resolution[0]}x{spec.resolution[1]} is not a multiple of "
+                            f"{step_multiple} (the UNet halves the latents until then); without bucketing use e.g. "
+                            f"{_round(spec.resolution[0], step_multiple)}x{_round(spec.resolution[1], step_multiple)}"
+                            ", or enable_bucket")
         return
     if spec.bucket_no_upscale:
         warnings.append(f"{where}: bucket_no_upscale ignores min/max_bucket_reso")
@@ -38,6 +44,10 @@ def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
     if spec.max_bucket_reso < max(spec.resolution):
         raise UserError(f"{where}: max_bucket_reso {spec.max_bucket_reso} must be >= "
                         f"max(resolution) {max(spec.resolution)}")
+
+
+def _round(side: int, multiple: int) -> int:
+    return max(multiple, side - side % multiple)
 
 
 def check_fixed_size(spec: DatasetSpec, records: list, index: int) -> None:

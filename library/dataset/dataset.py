@@ -104,7 +104,7 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         flipped = sub.flip_aug and rng.random() < 0.5
         item = {"rec": rec, "flipped": flipped, "image": None, "latents": None, "mask": None}
         if self.latents_cached:
-            self._fill_latents(item, rec, flipped, sub.alpha_mask)
+            self._fill_latents(item, ds, rec, sub, flipped)
         elif self.load_images:
             self._fill_image(item, ds, rec, sub, rng, flipped)
         else:
@@ -119,22 +119,29 @@ class BucketBatchDataset(torch.utils.data.Dataset):
                                               max_train_steps=max_steps)
         return item
 
-    def _fill_latents(self, item: dict, rec, flipped: bool, want_alpha: bool) -> None:
+    def _fill_latents(self, item: dict, ds, rec, sub, flipped: bool) -> None:
         from library.dataset.latent_cache import load_record_latents
 
         latents, latents_flipped, alpha, original, ltrb = load_record_latents(rec)
         if latents_flipped is None:  # cached without flipped latents: no flip
             flipped = item["flipped"] = False
         item["latents"] = latents_flipped if flipped else latents
-        if want_alpha and alpha is not None:
-            item["mask"] = torch.flip(alpha, dims=[1]) if flipped else alpha
+        # kohya-compat: conditioning-image masks are read at every fetch, whatever the latent cache
+        mask = self._conditioning_mask(ds, rec, sub) if rec.cond_path else alpha if sub.alpha_mask else None
+        if mask is not None:
+            item["mask"] = torch.flip(mask, dims=[1]) if flipped else mask
         item["original"], item["ltrb"] = original, ltrb
+
+    @staticmethod
+    def _conditioning_mask(ds, rec, sub) -> torch.Tensor:
+        """``(H, W)`` mask in [0, 1] from the red channel of the record's conditioning image (same geometry)."""
+        cond, _, _ = load_sample_array(ds.spec, rec, sub, None, path=rec.cond_path, resize_to_fit=True)
+        return torch.from_numpy(np.ascontiguousarray(cond[..., 0])).float() / 255
 
     def _fill_image(self, item: dict, ds, rec, sub, rng: random.Random, flipped: bool) -> None:
         arr, original, ltrb = load_sample_array(ds.spec, rec, sub, rng)
         if rec.cond_path:
-            cond, _, _ = load_sample_array(ds.spec, rec, sub, None, path=rec.cond_path)
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(cond[..., 0])).float() / 255
+            item["mask"] = self._conditioning_mask(ds, rec, sub)
         elif sub.alpha_mask:
             item["mask"] = im.alpha_of(arr)
         if flipped:
@@ -180,7 +187,8 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         return out
 
 
-def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | None = None):
+def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | None = None,
+                      resize_to_fit: bool = False):
     """Decode, resize and trim one image to its bucket.
 
     Args:
@@ -189,13 +197,15 @@ def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | Non
         sub: its subset spec (alpha, random_crop, face crop).
         rng: the sample generator for random crops (None: centred trim).
         path: decode this file instead (conditioning image), same geometry.
+        resize_to_fit: without bucketing, resize to cover the resolution and trim the centre, as for
+            bucketed data (kohya does so when it caches latents); otherwise such images must already fit.
 
     Returns:
         ``(array (H, W, C) uint8, original size (w, h), letterbox ltrb or None)``.
     """
     arr = im.load_image(path or rec.path, keep_alpha=sub.alpha_mask and path is None)
     interp = sub.resize_interpolation or spec.resize_interpolation
-    if spec.enable_bucket:
+    if spec.enable_bucket or resize_to_fit:
         arr = im.resize(arr, rec.resized, interp)
         arr, _ = im.trim(arr, rec.bucket, rng if sub.random_crop else None)
         return arr, rec.size, crop_ltrb(rec.bucket, rec.size)
