@@ -11,7 +11,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -210,10 +210,10 @@ class Trainer:
             self.opts = self.opts.replace(save_every_n_epochs=max(1, self.num_epochs // ratio))
         self.optimizer, self.optimizer_name = optim.build_optimizer(groups, o.optimizer_type, o.learning_rate,
                                                                     o.optimizer_args)
+        self.scheduler_name = optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
+                                                         o.learning_rate)
         self.lr_scheduler = optim.build_scheduler(
-            self.optimizer, optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
-                                                       o.learning_rate),
-            num_training_steps=self.max_train_steps, num_warmup_steps=o.lr_warmup_steps or 0,
+            self.optimizer, self.scheduler_name, num_training_steps=self.max_train_steps, num_warmup_steps=o.lr_warmup_steps or 0,
             num_decay_steps=o.lr_decay_steps or 0, num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
             timescale=o.lr_scheduler_timescale, min_lr_ratio=o.lr_scheduler_min_lr_ratio,
             scheduler_type=o.lr_scheduler_type or "", scheduler_args=o.lr_scheduler_args,
@@ -239,7 +239,10 @@ class Trainer:
                "num_processes": self.accelerator.num_processes, "optimizer": self.optimizer_name,
                "network_args": args}
         info = self.family.model_info(o.model.pretrained_model_name_or_path, o.model.vae)
-        return metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
+        opt = o.optimizer
+        if self.scheduler_name != opt.lr_scheduler:  # kohya-compat: Adafactor's relative step rewrites both
+            opt = replace(opt, lr_scheduler=self.scheduler_name, learning_rate=None)
+        return metadata.build_metadata(o.model, o.dataset, o.training, opt, n, o.saving, summary=summary,
                                        model_info=info, run=run)
 
     def train(self) -> int:

@@ -147,7 +147,11 @@ def _hint(key: str) -> str:
 def _check_table(table: dict, level: str, path: str, masked_loss: bool, errors: list[str]):
     for key, value in table.items():
         spec = SCHEMA.get(key)
-        if spec is None or (key == "conditioning_data_dir" and not masked_loss):
+        if key == "conditioning_data_dir" and not masked_loss:  # kohya: only the masked-loss schema has it
+            errors.append(f"{path}: key 'conditioning_data_dir' (mask images) needs --masked_loss "
+                          "(masked_loss = true in the training config); add it or remove the key")
+            continue
+        if spec is None:
             errors.append(f"{path}: unknown key '{key}'.{_hint(key)}")
             continue
         kind, levels = spec[0], spec[1]

@@ -142,7 +142,8 @@ resolution = 512
   image_dir = "a"
   conditioning_data_dir = "m"
 """)
-    assert "unknown key 'conditioning_data_dir'" in _error(path)
+    assert "datasets[0].subsets[0]: key 'conditioning_data_dir' (mask images) needs --masked_loss (masked_loss = " \
+        "true in the training config); add it or remove the key" in _error(path)  # was: "did you mean" itself
     plan = _plan(path, masked_loss=True)
     assert plan.datasets[0].kind == "CN"
 
