@@ -96,8 +96,9 @@ def save_model(trainer, kind: str, epoch: int | None = None) -> Path | None:
     if not trainer.accelerator.is_main_process:
         return path
     meta = metadata.update_for_save(trainer.metadata, step, epoch or trainer.progress.epoch + 1)
+    size = disk.lora_bytes(trainer.host.network, trainer.save_dtype)
     written = disk.write_guarded(trainer, path, lambda target: trainer.host.save(str(target), trainer.save_dtype, meta),
-                                 disk.lora_bytes(trainer.host.network, trainer.save_dtype), final=kind in disk.FINAL_KINDS)
+                                 size, final=kind in disk.FINAL_KINDS)
     if written == path and kind in ("step", "epoch"):
         prune(trainer, kind, path, index, state=False)
     return written

@@ -213,8 +213,9 @@ class Trainer:
         self.scheduler_name = optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
                                                          o.learning_rate)
         self.lr_scheduler = optim.build_scheduler(
-            self.optimizer, self.scheduler_name, num_training_steps=self.max_train_steps, num_warmup_steps=o.lr_warmup_steps or 0,
-            num_decay_steps=o.lr_decay_steps or 0, num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
+            self.optimizer, self.scheduler_name, num_training_steps=self.max_train_steps,
+            num_warmup_steps=o.lr_warmup_steps or 0, num_decay_steps=o.lr_decay_steps or 0,
+            num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
             timescale=o.lr_scheduler_timescale, min_lr_ratio=o.lr_scheduler_min_lr_ratio,
             scheduler_type=o.lr_scheduler_type or "", scheduler_args=o.lr_scheduler_args,
             num_processes=acc.num_processes)
@@ -277,8 +278,8 @@ class Trainer:
                     window, p.global_step = [], p.global_step + 1
                     bar.update(1)
                     self._flush_losses()
-                    if stop.requested(acc):  # the step is done; its saves and samples are left to the resume
-                        return interrupt.save_interrupted(self)
+                    if p.global_step < self.max_train_steps and stop.requested(acc):  # the step is done; its
+                        return interrupt.save_interrupted(self)  # cadence saves and samples are left to the resume
                     milestones.after_step(self)
                     if p.global_step >= self.max_train_steps:
                         break

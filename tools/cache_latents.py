@@ -1,7 +1,7 @@
 """Write the latent ``.npz`` caches of a dataset, as a training run with ``--cache_latents_to_disk`` would.
 
-Takes the dataset flags of training (e.g. ``--dataset_config``, ``--train_data_dir``, ``--in_json``, ``--resolution``, bucket
-flags, ``--caption_extension``) plus the model flags that change the latents. Files are
+Takes the dataset flags of training (e.g. ``--dataset_config``, ``--train_data_dir``, ``--in_json``,
+``--resolution``, bucket flags, ``--caption_extension``) plus the model flags that change the latents. Files are
 ``{stem}_{W:04d}x{H:04d}_{sd|sdxl}.npz`` next to each image; valid existing files
 are kept, so a second run encodes nothing.
 

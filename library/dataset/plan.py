@@ -90,8 +90,8 @@ def _no_subsets(parent: str, warnings: list[str]) -> str:
     """The error for a ``--train_data_dir`` without usable ``N_name`` subfolders, naming what was skipped."""
     skipped = [w.partition(": ")[0] for w in warnings if w.endswith("folder name is not N_name; skipped")]
     if skipped:
-        name = os.path.basename(skipped[0])
-        return (f"--train_data_dir {parent}: no `N_name` subfolders; {', '.join(repr(os.path.basename(p)) for p in skipped)} "
+        name, names = os.path.basename(skipped[0]), ", ".join(repr(os.path.basename(p)) for p in skipped)
+        return (f"--train_data_dir {parent}: no `N_name` subfolders; {names} "
                 f"{'has' if len(skipped) == 1 else 'have'} no repeat count: rename e.g. '{name}' to '10_{name}' "
                 "(10 repeats per epoch)")
     has_images = any(n.lower().endswith(scan.image_extensions()) for n in os.listdir(parent))

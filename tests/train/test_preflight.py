@@ -120,7 +120,8 @@ def test_resume_with_changed_schedule_is_allowed_with_a_warning(plain_assets, sa
                            str(tmp_path / "logs"))) == 0
     err = capsys.readouterr().err
     assert (f"--resume {state}: changed since the state was saved: learning_rate 0.001 → 0.0005, max_train_steps "
-            "4 → 6; the run continues with the new values and is no longer bit-exact with an uninterrupted run") in err
+            "4 → 6; the run continues with the new values and is no longer bit-exact with an uninterrupted "
+            "run") in err
     events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("lr/unet")] == [(s, pytest.approx(5e-4)) for s in (3, 4, 5, 6)]
