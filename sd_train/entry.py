@@ -18,13 +18,10 @@ def entry_point(entry: str, argv: list[str] | None) -> int:
     from library.errors import run_cli
 
     def _main(args: list[str]) -> int:
+        from sd_train.families import family_class
         from sd_train.trainer import run
 
-        if entry == "sdxl":
-            from sd_train.families.sdxl import SdxlFamily as family_cls
-        else:
-            from sd_train.families.sd import SdFamily as family_cls
-        return run(family_cls, args, entry)
+        return run(family_class(entry), args, entry)
 
     code = run_cli(_main, argv)
     if argv is None:

@@ -17,7 +17,6 @@ import threading
 
 import torch
 
-from sd_train.cli import PROGS
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for a Ctrl-C
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -70,7 +69,7 @@ class StopRequest:
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def resume_command(entry: str, argv: list[str], state_dir: str) -> str:
+def resume_command(script: str, argv: list[str], state_dir: str) -> str:
     """The command line that resumes from ``state_dir``: the run's own arguments with ``--resume state_dir``
     (a previous ``--resume`` / ``--initial_step`` / ``--initial_epoch`` / ``--skip_until_initial_step`` dropped)."""
     args, skip = [], False
@@ -85,7 +84,7 @@ def resume_command(entry: str, argv: list[str], state_dir: str) -> str:
         if name == "--skip_until_initial_step":
             continue
         args.append(arg)
-    return shlex.join([PROGS[entry], *args, "--resume", state_dir])
+    return shlex.join([script, *args, "--resume", state_dir])
 
 
 def save_interrupted(trainer) -> int:
@@ -103,5 +102,5 @@ def save_interrupted(trainer) -> int:
     lora = milestones.save_model(trainer, "interrupted", epoch=p.epoch + 1)
     state = trainer.save_state("interrupted")
     acc.print(f"interrupted at {where}: wrote {lora} and the state folder {state}")
-    acc.print(f"resume with: {resume_command(trainer.entry, trainer.argv, str(state))}")
+    acc.print(f"resume with: {resume_command(trainer.family.script(), trainer.argv, str(state))}")
     return EXIT_INTERRUPTED

@@ -17,13 +17,12 @@ import logging
 from pathlib import Path
 
 from library.errors import UserError
+from library.models.detect import lora_name_families
 from sd_train import checkpointing, optim, resume_policy, sampling, space
 from sd_train.network_host import NetworkHost
 from sd_train.steps import compute_steps
 
 logger = logging.getLogger(__name__)
-_FAMILY_OF_PREFIX = {"lora_te1_": "sdxl", "lora_te2_": "sdxl", "lora_te_": "sd"}
-_SCRIPT = {"sdxl": "sdxl_train_network.py", "sd": "train_network.py"}
 
 
 def check_options(options, family):
@@ -42,15 +41,15 @@ def check_options(options, family):
     sampling.check_sampler_dependencies(names)
     if not s.resume:
         return options
-    saved = check_resume_folder(s.resume, "sdxl" if family.name == "sdxl" else "sd")
+    saved = check_resume_folder(s.resume, family)
     if options.training.seed is None and saved and saved.get("seed") is not None:
         logger.info("--resume: using the seed of the saved run, %s", saved["seed"])
         options = options.replace(seed=int(saved["seed"]))
     return options
 
 
-def check_resume_folder(folder: str, kind: str) -> dict | None:
-    """A ``--resume`` folder exists, holds a state and was written by a run of this kind (SD or SDXL).
+def check_resume_folder(folder: str, family) -> dict | None:
+    """A ``--resume`` folder exists, holds a state and was written by a run of this script's families.
 
     Returns:
         The options the state recorded (``None`` for kohya states and older sd-train states).
@@ -64,12 +63,10 @@ def check_resume_folder(folder: str, kind: str) -> dict | None:
     if model.is_file():
         from library.io.safetensors_io import read_header
 
-        keys = read_header(model)[0]
-        found = {fam for prefix, fam in _FAMILY_OF_PREFIX.items() if any(k.startswith(prefix) for k in keys)}
-        if found and kind not in found:
-            other = found.pop()
-            raise UserError(f"--resume {folder}: this state is of a {_SCRIPT[other]} run; resume it with "
-                            f"{_SCRIPT[other]}")
+        found = lora_name_families(k.partition(".")[0] for k in read_header(model)[0])
+        if found and not set(found) & set(family.specs):
+            script = found[0].trainer_script
+            raise UserError(f"--resume {folder}: this state is of a {script} run; resume it with {script}")
     elif not (path / "pytorch_model.bin").is_file():
         raise UserError(f"--resume {folder}: no model.safetensors; not a state folder of a LoRA run")
     return (info.get("sd_train") or {}).get("options")

@@ -6,31 +6,19 @@ the training schedule. Basic: classifier-free guidance, one image per prompt, no
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from library.errors import UserError, first_line
+from library.models.schedulers import (SCHEDULERS, check_sampler_dependencies, make_scheduler,  # noqa: F401
+                                       step_kwargs)  # re-exported
 
 logger = logging.getLogger(__name__)
-SCHEDULERS = {  # kohya sampler name -> diffusers class (ddim is the fallback, kohya-compat)
-    "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
-    "k_lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler",
-    "k_euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-    "k_euler_a": "EulerAncestralDiscreteScheduler", "dpmsolver": "DPMSolverMultistepScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler", "dpmsingle": "DPMSolverSinglestepScheduler",
-    "heun": "HeunDiscreteScheduler", "dpm_2": "KDPM2DiscreteScheduler",
-    "k_dpm_2": "KDPM2DiscreteScheduler", "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-    "k_dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-}
-PNDM_ORDER = 4  # diffusers' PNDMScheduler.pndm_order: its Runge-Kutta warm-up needs this many steps
 
 
 @dataclass(frozen=True)
@@ -113,53 +101,6 @@ def _parse_prompts(path: str, text: str) -> tuple[list[SamplePrompt], set[str]]:
         return [from_dict({**base, **sub}) for sub in doc.get("subset", [])], ignored
     lines = [ln.strip() for ln in text.splitlines()]
     return [parse_prompt_line(ln) for ln in lines if ln and not ln.startswith("#")], ignored
-
-
-def make_scheduler(name: str | None, v_parameterization: bool, steps: int | None = None):
-    """diffusers scheduler for a kohya sampler name, configured with the training schedule.
-
-    kohya-compat: ``dpmsolver`` is DPM-Solver (``algorithm_type="dpmsolver"``), ``dpmsolver++`` DPM-Solver++;
-    an unknown name falls back to DDIM. sd-train: PNDM with fewer than 4 ``steps`` skips its Runge-Kutta
-    warm-up (diffusers cannot schedule it; kohya crashes there).
-    """
-    import diffusers
-
-    key = (name or "ddim").lower()
-    cls = getattr(diffusers, SCHEDULERS.get(key, "DDIMScheduler"))
-    kwargs = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-              "beta_schedule": "scaled_linear",
-              "prediction_type": "v_prediction" if v_parameterization else "epsilon"}
-    if key in ("dpmsolver", "dpmsolver++"):
-        kwargs["algorithm_type"] = key  # kohya-compat
-    if key == "dpmsolver":  # diffusers ≥ 0.26 refuses its default final sigma 0 here; older ones used sigma_min
-        kwargs["final_sigmas_type"] = "sigma_min"
-    if key == "pndm" and steps is not None and steps < PNDM_ORDER:
-        kwargs["skip_prk_steps"] = True
-    with warnings.catch_warnings():  # diffusers deprecates algorithm_type="dpmsolver" (kohya's choice)
-        warnings.simplefilter("ignore", FutureWarning)
-        return cls(**kwargs)
-
-
-def step_kwargs(scheduler, generator: torch.Generator) -> dict:
-    """``generator`` and ``eta`` (0) for ``scheduler.step``, each only when the scheduler takes it (kohya's rule)."""
-    params = inspect.signature(scheduler.step).parameters
-    return {k: v for k, v in (("generator", generator), ("eta", 0.0)) if k in params}
-
-
-def check_sampler_dependencies(names) -> None:
-    """Raise a one-line :class:`UserError` when a sampler in ``names`` needs a package that is missing.
-
-    ``lms`` / ``k_lms`` (``LMSDiscreteScheduler``) integrate with scipy.
-    """
-    needs_scipy = sorted({n.lower() for n in names if n} & {"lms", "k_lms"})
-    if not needs_scipy:
-        return
-    try:
-        importlib.import_module("scipy")  # LMSDiscreteScheduler integrates with scipy.integrate
-        importlib.import_module("scipy.integrate")
-    except ImportError:
-        raise UserError(f"--sample_sampler {needs_scipy[0]}: the LMS sampler needs scipy: pip install scipy, "
-                        "or choose another sampler") from None
 
 
 def sampler_for(p: SamplePrompt, option: str | None, family) -> str:

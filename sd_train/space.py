@@ -26,7 +26,6 @@ from library.errors import UserError
 logger = logging.getLogger(__name__)
 OPTIMIZER_SLOTS = {"adamw": 2, "adam": 2, "lion": 1, "sgdnesterov": 1, "sgd": 1, "prodigy": 4, "adafactor": 1,
                    "dadaptadam": 3, "dadaptation": 3, "dadaptlion": 2, "adamw8bit": 0.5, "lion8bit": 0.25}
-TE_CACHE_FLOATS = {"sdxl": 77 * (768 + 1280) + 1280}  # hidden states of both encoders + pooled, per caption
 _UNET, _TE = r"^(model\.diffusion_model\.)", r"^(cond_stage_model\.|conditioner\.embedders\.)"
 _LINEAR = re.compile(_UNET + r".*(transformer_blocks\.\d+\.(attn[12]\.(to_[qkv]|to_out\.0)|ff\.net\.(0\.proj|2))"
                      r"|\.proj_(in|out))\.weight$")
@@ -112,7 +111,7 @@ def _keep_steps(keep_steps: int | None, every: int | None) -> int | None:
 def _cache_needs(trainer) -> dict[str, int]:
     """Bytes of latent / text-encoder caches to write, by image folder (existing ``.npz`` files count 0)."""
     d, out = trainer.opts.dataset, {}
-    te_floats = TE_CACHE_FLOATS.get(trainer.family.name, 0) if d.cache_text_encoder_outputs_to_disk else 0
+    te_floats = trainer.family.te_cache_floats() if d.cache_text_encoder_outputs_to_disk else 0
     for ds in [*trainer.prepared.train, *trainer.prepared.validation]:
         for rec in ds.records:
             size = 0

@@ -30,8 +30,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import (checkpointing, interrupt, metadata, milestones, objective, optim, preflight, preservation, resume,
-                      sampling, tracking)
+from sd_train import (checkpointing, class_images, interrupt, metadata, milestones, objective, optim, preflight,
+                      preservation, resume, sampling, tracking)
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -64,13 +64,14 @@ class Trainer:
         self.noise_opts = noise_lib.NoiseOptions.from_training(options.training)
         self.loss_opts = loss_lib.LossOptions.from_training(options.training, options.model.v_parameterization)
         self.final_saved, self.last_saved = False, None
-        self.entry, self.argv = "sdxl" if family.name == "sdxl" else "sd", []
+        self.argv: list[str] = []  # the command line, for the resume command of an interrupted run
 
     def setup(self) -> bool:
         """Build everything in kohya's order (TRAINING.md §1 steps 2–9); False after --debug_dataset.
         The pre-flight checks (:mod:`sd_train.preflight`) run before any model loads."""
         self.opts = preflight.check_options(self.opts, self.family)
         self._seed()
+        class_images.fill_reg_subsets(self)  # --generate_class_images: before the dataset scan
         if not self._setup_data():
             return False
         state = process_state(self.opts.training.ddp_timeout)
@@ -104,7 +105,7 @@ class Trainer:
         flat, s = self.opts.flat(), self.opts.saving
         defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
         d = self.opts.dataset
-        self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
+        self.prepared = prepare(build_plan(defaults), seed=self.seed,
                                 bucket_step_multiple=self.family.bucket_step_multiple,
                                 latents_cached=d.cache_latents or d.cache_latents_to_disk)
         if self.opts.sampling.sample_prompts:
@@ -149,7 +150,7 @@ class Trainer:
             te.to(device, self.weight_dtype if device.type != "cpu" else torch.float32)
         # torch's own to(): diffusers' override warns about fp32-kept modules even when it has none
         torch.nn.Module.to(vae, device, torch.float32 if m.no_half_vae else self.weight_dtype)
-        show, tag = self.accelerator.is_local_main_process, "sdxl" if self.family.name == "sdxl" else "sd"
+        show, tag = self.accelerator.is_local_main_process, self.family.spec.latent_cache_tag
         for ds in filter(None, (self.dataset, self.val_dataset)):
             if d.cache_latents or d.cache_latents_to_disk:
                 latent_cache.cache_latents(
@@ -345,7 +346,7 @@ class Trainer:
 
 
 def run(family_cls, argv: list[str] | None, entry: str) -> int:
-    """Parse options (``entry`` = ``"sd"`` | ``"sdxl"``), then set up and train; returns 0."""
+    """Parse options (``entry``: a key of ``sd_train.families.ENTRIES``), then set up and train; returns 0."""
     options = parse_options(argv, entry)
     log = options.logging
     setup_logging(log.console_log_level, log.console_log_file, log.console_log_simple)
@@ -353,7 +354,7 @@ def run(family_cls, argv: list[str] | None, entry: str) -> int:
         write_output_config(options, options.training.config_file, build_parser(entry))
         return 0
     trainer = Trainer(options, family_cls(**family_kwargs(options)))
-    trainer.entry, trainer.argv = entry, list(sys.argv[1:] if argv is None else argv)
+    trainer.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return trainer.train() if trainer.setup() else 0
     finally:

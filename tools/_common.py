@@ -12,14 +12,14 @@ import torch
 
 from library.errors import UserError
 from library.lora.file import DTYPES
+from library.models.families import family_spec
 
 PRECISIONS = ("float", "fp16", "bf16")
 _MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
                  "ss_network_args")
-_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
 
 
-DATASET_FLAG_HELP = {  # the trainer's help texts of its dataset flags (a test keeps them equal)
+DATASET_FLAG_HELP = {  # the trainer's help of its non-caption dataset flags (a test keeps them equal)
     "train_data_dir": 'Parent of the N_name image folders (with --in_json: the image folder)',
     "reg_data_dir": 'Parent of the N_name folders with regularization images',
     "in_json": 'Fine-tuning metadata file (.json / .jsonl)',
@@ -35,19 +35,6 @@ DATASET_FLAG_HELP = {  # the trainer's help texts of its dataset flags (a test k
     "caption_extension": 'Caption file extension',
     "caption_extention": 'Old misspelling of --caption_extension',
     "cache_info": 'Cache captions and image sizes in metadata_cache.json per image folder',
-    "shuffle_caption": 'Shuffle the separated tags of each caption on every fetch',
-    "caption_separator": 'Tag separator',
-    "keep_tokens": 'Keep the first N tags in place when shuffling or dropping',
-    "keep_tokens_separator": 'Separator marking the fixed prefix / flexible / fixed suffix parts',
-    "secondary_separator": 'Joins words that move as one tag',
-    "enable_wildcard": '{a|b|c} choices and multi-line captions',
-    "caption_prefix": 'Text added before every caption',
-    "caption_suffix": 'Text added after every caption',
-    "caption_dropout_rate": "Probability of replacing a whole caption with ''",
-    "caption_dropout_every_n_epochs": 'Drop every caption in epochs where epoch % N == 0',
-    "caption_tag_dropout_rate": 'Probability of dropping each flexible tag',
-    "token_warmup_min": 'Tags used at step 0 of the tag warm-up',
-    "token_warmup_step": 'Steps until all tags are used (< 1: fraction of --max_train_steps)',
     "color_aug": 'Weak color augmentation (incompatible with latent caching)',
     "flip_aug": 'Random horizontal flip with probability 0.5',
     "face_crop_aug_range": "'a,b': face-centred crop scale range (needs name_cx_cy_w_h file names)",
@@ -75,13 +62,15 @@ def add_dataset_flags(parser) -> None:
     import dataclasses
     import typing
 
+    from library.dataset.captions import CAPTION_RULES
     from library.dataset.config import CliDefaults
 
+    help_texts = {**{rule.name: rule.help for rule in CAPTION_RULES}, **DATASET_FLAG_HELP}
     hints = typing.get_type_hints(CliDefaults)
     for f in dataclasses.fields(CliDefaults):
         options = typing.get_args(hints[f.name]) or (hints[f.name],)
         kind = next((k for k in (bool, int, float) if k in options), str)
-        text = DATASET_FLAG_HELP[f.name].replace("%", "%%")
+        text = help_texts[f.name].replace("%", "%%")
         if kind is bool:
             parser.add_argument(f"--{f.name}", action="store_true", help=text)
         else:
@@ -169,7 +158,7 @@ def lora_metadata(base: Mapping[str, str], save_to: str, inputs: list[str], fami
     meta.pop("sshs_legacy_hash", None)
     meta.setdefault("modelspec.sai_model_spec", "1.0.1")
     if family and "modelspec.architecture" not in meta:
-        meta["modelspec.architecture"] = _ARCH[family] + "/lora"
+        meta["modelspec.architecture"] = family_spec(family).modelspec_architecture(False) + "/lora"
     meta["modelspec.title"] = Path(save_to).stem
     meta["modelspec.date"] = datetime.datetime.now().replace(microsecond=0).isoformat()
     meta["modelspec.merged_from"] = ", ".join(Path(p).stem for p in inputs)

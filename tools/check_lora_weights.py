@@ -9,7 +9,6 @@ tensor is NaN/Inf.
 from __future__ import annotations
 
 import argparse
-import functools
 
 import torch
 
@@ -17,9 +16,9 @@ from library.errors import run_cli
 from library.lora.convert import is_network_target, te_name_set, unet_name_table
 from library.lora.file import load_tensors, read_lora
 from library.lora.algebra import delta_weight, lora_scale
+from library.models.detect import LORA_FIT_ORDER, lora_name_families
+from library.models.families import family_spec
 from tools._common import describe
-
-_TE_LAYERS = {"sd1": {"lora_te": 12}, "sd2": {"lora_te": 24}, "sdxl": {"lora_te1": 12, "lora_te2": 32}}
 
 
 def setup_parser() -> argparse.ArgumentParser:
@@ -31,34 +30,18 @@ def setup_parser() -> argparse.ArgumentParser:
     return p
 
 
-_SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "lora_unet_input_blocks_", "lora_unet_middle_block_",
-                  "lora_unet_output_blocks_")
-_SD_PREFIXES = ("lora_te_", "lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_")
-
-
-@functools.lru_cache(maxsize=None)
-def _unet_names(family: str) -> frozenset[str]:
-    # SD1 and SD2 UNets have the same module names (only widths differ): one table built for both
-    table = unet_name_table("sd1" if family == "sd2" else family)
-    return frozenset(n for n, d in table.items() if is_network_target(d, conv=True))
-
-
 def family_names(family: str) -> set[str]:
     """Every module name ``networks.lora`` can create for a family (conv modules included)."""
-    return set(_unet_names(family)) | te_name_set(family, _TE_LAYERS[family])
-
-
-def candidate_families(names: set[str]) -> tuple[str, ...]:
-    """Families whose name tables are worth building: kohya's SDXL names and SD1/SD2 names (diffusers paths,
-    ``lora_te_``) do not overlap, and the SD1/SD2 tables need diffusers (seconds to import), the SDXL one not."""
-    sdxl = any(n.startswith(_SDXL_PREFIXES) for n in names)
-    sd = any(n.startswith(_SD_PREFIXES) for n in names)
-    return (("sdxl",) if sdxl or not sd else ()) + (("sd1", "sd2") if sd or not sdxl else ())
+    unet = {n for n, d in unet_name_table(family).items() if is_network_target(d, conv=True)}
+    layers = {slot.lora_prefix: slot.lora_layers for slot in family_spec(family).text_encoders}
+    return unet | te_name_set(family, layers)
 
 
 def best_fit(names: set[str]) -> tuple[str, list[str]]:
     """``(family, unmatched names)`` for the family whose name set covers the most modules."""
-    fits = {fam: sorted(names - family_names(fam)) for fam in candidate_families(names)}
+    # only the tables a name can match: an SD1/SD2 table imports diffusers (seconds), the SGM (SDXL) one not
+    candidates = lora_name_families(names) or LORA_FIT_ORDER
+    fits = {spec.name: sorted(names - family_names(spec.name)) for spec in candidates}
     fam = min(fits, key=lambda f: len(fits[f]))
     return fam, fits[fam]
 

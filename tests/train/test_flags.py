@@ -11,7 +11,8 @@ from sd_train.compat import unsupported_table
 from sd_train.options import option_fields
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-OURS = {"debug", "max_nan_steps", "no_save_on_interrupt", "fallback_output_dir", "force"}  # sd-train's own flags
+OURS = {"debug", "max_nan_steps", "generate_class_images", "no_save_on_interrupt", "fallback_output_dir",
+        "force"}  # sd-train's own flags
 
 
 def _kohya(entry: str) -> set[str]:

@@ -115,7 +115,7 @@ def test_resume_command_replaces_resume_and_initial_step():
 
     argv = ["--config_file", "my run.toml", "--resume=old", "--initial_step", "3", "--skip_until_initial_step",
             "--initial_epoch=2", "--seed", "1"]
-    assert resume_command("sd", argv, "out/x-interrupted-state") == (
+    assert resume_command("train_network.py", argv, "out/x-interrupted-state") == (
         "train_network.py --config_file 'my run.toml' --seed 1 --resume out/x-interrupted-state")
 
 

@@ -18,7 +18,7 @@ def test_namespace_is_flat_with_kohya_names():
     assert isinstance(ns, argparse.Namespace)
     assert ns.network_dim == 8 and ns.network_args == ["conv_dim=4"]
     assert ns.network_alpha == 1 and ns.caption_extension == ".caption" and ns.max_train_steps == 1600
-    assert len(vars(ns)) == 198  # kohya's 196 SDXL flags + --debug and --max_nan_steps (ours)
+    assert len(vars(ns)) == 199  # kohya's 196 SDXL flags + --debug, --max_nan_steps, --generate_class_images (ours)
 
 
 def test_options_are_frozen_and_unknown_names_rejected():
