@@ -43,13 +43,18 @@ def human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def free_bytes(path: str | Path) -> int:
-    """Free bytes on the filesystem of ``path`` (its nearest existing parent); -1 when unknown."""
+def existing_parent(path: str | Path) -> Path:
+    """``path`` itself when it exists, else its nearest existing parent (where a new folder would be made)."""
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
+    return p
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the filesystem of ``path`` (its nearest existing parent); -1 when unknown."""
     try:
-        return shutil.disk_usage(p).free
+        return shutil.disk_usage(existing_parent(path)).free
     except OSError:
         return -1
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from library.errors import UserError
 from library.models.detect import lora_name_families
+from library.models.schedulers import check_sampler_dependencies
 from sd_train import checkpointing, optim, resume_policy, sampling, space
 from sd_train.network_host import NetworkHost
 from sd_train.steps import compute_steps
@@ -38,7 +39,7 @@ def check_options(options, family):
     names = [sp.sample_sampler]
     if sp.sample_prompts:
         names += [p.sample_sampler for p in sampling.load_prompts(sp.sample_prompts)]
-    sampling.check_sampler_dependencies(names)
+    check_sampler_dependencies(names)
     if not s.resume:
         return options
     saved = check_resume_folder(s.resume, family)

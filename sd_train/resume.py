@@ -20,7 +20,7 @@ from safetensors.torch import save_file as save_safetensors
 from accelerate.utils import gather_object
 
 from library.errors import UserError, first_line
-from sd_train import checkpointing, resume_policy
+from sd_train import checkpointing, disk, milestones, resume_policy
 from sd_train import noise as noise_lib
 
 RESUME_RECORD = "sd_train_resume.pt"
@@ -132,8 +132,6 @@ def save_state(trainer, kind: str, epoch: int | None = None) -> Path | None:
         The folder (on ``--fallback_output_dir`` when the output folder failed), or ``None`` when an intermediate
         state could not be written (reported; see :func:`sd_train.disk.write_guarded`).
     """
-    from sd_train import disk, milestones
-
     trainer._flush_losses()
     s, p = trainer.opts.saving, trainer.progress
     index = p.global_step if kind == "step" else epoch

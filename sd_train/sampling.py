@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError, first_line
-from library.models.schedulers import (SCHEDULERS, check_sampler_dependencies, make_scheduler,  # noqa: F401
-                                       step_kwargs)  # re-exported
+from library.models.schedulers import SCHEDULERS, make_scheduler, step_kwargs  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 

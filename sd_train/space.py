@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from library.errors import UserError
+from sd_train.disk import HEADER_ALLOWANCE, existing_parent, free_bytes, human
 
 logger = logging.getLogger(__name__)
 OPTIMIZER_SLOTS = {"adamw": 2, "adam": 2, "lion": 1, "sgdnesterov": 1, "sgd": 1, "prodigy": 4, "adafactor": 1,
@@ -128,8 +129,6 @@ def _cache_needs(trainer) -> dict[str, int]:
 
 def needs(trainer) -> dict[str, tuple[int, list[str]]]:
     """What the run writes: ``{folder: (bytes, [what, ...])}`` (one entry per folder written to)."""
-    from sd_train.disk import HEADER_ALLOWANCE, human
-
     o, s = trainer.opts, trainer.opts.saving
     result: dict[str, tuple[int, list[str]]] = {}
 
@@ -159,14 +158,9 @@ def check(trainer) -> None:
     Raises:
         UserError: a filesystem has less free space than the run will write there (one line).
     """
-    from sd_train.disk import free_bytes, human
-
     by_device: dict[int, tuple[str, int, list[str]]] = {}
     for folder, (size, items) in needs(trainer).items():
-        probe = Path(folder).absolute()
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        dev = probe.stat().st_dev
+        dev = existing_parent(folder).stat().st_dev
         first, total, all_items = by_device.get(dev, (folder, 0, []))
         by_device[dev] = (first, total + size, [*all_items, *items])
     for folder, size, items in by_device.values():

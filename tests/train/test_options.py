@@ -18,7 +18,9 @@ def test_namespace_is_flat_with_kohya_names():
     assert isinstance(ns, argparse.Namespace)
     assert ns.network_dim == 8 and ns.network_args == ["conv_dim=4"]
     assert ns.network_alpha == 1 and ns.caption_extension == ".caption" and ns.max_train_steps == 1600
-    assert len(vars(ns)) == 199  # kohya's 196 SDXL flags + --debug, --max_nan_steps, --generate_class_images (ours)
+    # kohya's 196 SDXL flags + ours: --debug, --max_nan_steps, --generate_class_images, --no_save_on_interrupt,
+    # --fallback_output_dir, --force
+    assert len(vars(ns)) == 202
 
 
 def test_options_are_frozen_and_unknown_names_rejected():
