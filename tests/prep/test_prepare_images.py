@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from library.dataset import CliDefaults, plan_from_data, prepare
-from library.dataset.dataset import load_sample_array
+from library.dataset.images import load_sample_array
 from tools.prepare_images import main
 
 SIZES = [(640, 480), (480, 640), (1000, 300), (300, 1000), (512, 512), (333, 517), (800, 450), (700, 701)]
