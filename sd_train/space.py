@@ -111,15 +111,17 @@ def _keep_steps(keep_steps: int | None, every: int | None) -> int | None:
 
 def _cache_needs(trainer) -> dict[str, int]:
     """Bytes of latent / text-encoder caches to write, by image folder (existing ``.npz`` files count 0)."""
-    d, out = trainer.opts.dataset, {}
+    from library.dataset.latent_cache import latent_npz_path, te_npz_path
+
+    d, out, tag = trainer.opts.dataset, {}, trainer.family.spec.latent_cache_tag
     te_floats = trainer.family.te_cache_floats() if d.cache_text_encoder_outputs_to_disk else 0
     for ds in [*trainer.prepared.train, *trainer.prepared.validation]:
         for rec in ds.records:
             size = 0
-            if d.cache_latents_to_disk and not any(Path(rec.path).parent.glob(Path(rec.path).stem + "_*.npz")):
+            if d.cache_latents_to_disk and not os.path.exists(latent_npz_path(rec.path, rec.size, tag)):
                 flips = 2 if ds.subsets[rec.subset].spec.flip_aug else 1
                 size += 4 * 4 * (rec.bucket[0] // 8) * (rec.bucket[1] // 8) * flips + 4096
-            if te_floats and not os.path.exists(os.path.splitext(rec.path)[0] + "_te_outputs.npz"):
+            if te_floats and not os.path.exists(te_npz_path(rec.path)):
                 size += 4 * te_floats + 4096
             if size:
                 folder = str(Path(rec.path).parent)

@@ -67,6 +67,34 @@ def test_too_little_space_is_refused_before_models_load(plain_assets, tmp_path, 
                          "anyway")
 
 
+def test_disk_caches_count_where_the_images_are(plain_assets, tmp_path, capsys, monkeypatch):
+    """Latent and text-encoder caches are written next to the images: 8 images × (latent 4×8×8 floats, flipped
+    none) + SDXL text-encoder outputs (77 × (768 + 1280) + 1280 floats each), with a 4 kB allowance per file."""
+    import library.checkpoint.io as cio
+
+    monkeypatch.setattr(cio, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
+    _free(monkeypatch, 100_000)
+    image_dir = next(p for p in plain_assets[1].parent.parent.rglob("*.png")).parent
+    assert sdxl_main(_args(plain_assets, tmp_path / "out", "--max_train_steps", "1", "--cache_latents_to_disk",
+                           "--cache_text_encoder_outputs_to_disk", "--cache_text_encoder_outputs")) == 2
+    per_image = 4 * 4 * 8 * 8 + 4096 + 4 * (77 * (768 + 1280) + 1280) + 4096
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"caches next to the images in {image_dir}" in line
+    total = float(line.split("the run will write about ")[1].split(" MB")[0]) * 1e6
+    assert 8 * per_image - 1e5 <= total  # the same filesystem as the LoRA files: one sum, caches included
+    without = _sum_without_caches(plain_assets, tmp_path, capsys, monkeypatch)
+    assert abs(total - without - 8 * per_image) < 1.5e5  # the 0.1 MB rounding of two printed sums
+
+
+def _sum_without_caches(plain_assets, tmp_path, capsys, monkeypatch) -> float:
+    _free(monkeypatch, 1000)
+    assert sdxl_main(_args(plain_assets, tmp_path / "out2", "--max_train_steps", "1")) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    text = line.split("the run will write about ")[1].split(" on this")[0]
+    value, unit = text.split()
+    return float(value) * {"kB": 1e3, "MB": 1e6}[unit]
+
+
 def test_force_starts_anyway_with_a_warning(plain_assets, tmp_path, capsys, monkeypatch):
     _free(monkeypatch, 100_000)
     out = tmp_path / "out"
