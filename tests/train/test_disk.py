@@ -67,14 +67,14 @@ def test_too_little_space_is_refused_before_models_load(plain_assets, tmp_path, 
                          "anyway")
 
 
-def test_disk_caches_count_where_the_images_are(plain_assets, tmp_path, capsys, monkeypatch):
+def test_disk_caches_count_where_the_images_are(assets, plain_assets, tmp_path, capsys, monkeypatch):
     """Latent and text-encoder caches are written next to the images: 8 images × (latent 4×8×8 floats, flipped
     none) + SDXL text-encoder outputs (77 × (768 + 1280) + 1280 floats each), with a 4 kB allowance per file."""
     import library.checkpoint.io as cio
 
     monkeypatch.setattr(cio, "load_models", lambda *a, **k: pytest.fail("models were loaded"))
     _free(monkeypatch, 100_000)
-    image_dir = next(p for p in plain_assets[1].parent.parent.rglob("*.png")).parent
+    image_dir = next(p for p in assets[1].parent.iterdir() if p.is_dir())  # the images of plain_assets' TOML
     assert sdxl_main(_args(plain_assets, tmp_path / "out", "--max_train_steps", "1", "--cache_latents_to_disk",
                            "--cache_text_encoder_outputs_to_disk", "--cache_text_encoder_outputs")) == 2
     per_image = 4 * 4 * 8 * 8 + 4096 + 4 * (77 * (768 + 1280) + 1280) + 4096
