@@ -34,10 +34,10 @@ def _error(capsys) -> str:
 
 @pytest.mark.parametrize("extra, message", [
     (["--network_module", "networks.lroa"], "--network_module networks.lroa: cannot import it (No module named "
-     "'networks.lroa'); install the package or fix the name (e.g. networks.lora)"),
+     "'networks.lroa'); pip install networks, or fix the name"),
     (["--network_module", "json"], "--network_module json: has no create_network(); not a network module"),
-    (["--optimizer_type", "AdamWW"], "--optimizer_type AdamWW: unknown optimizer (not a kohya name or torch.optim "
-     "class)"),
+    (["--optimizer_type", "AdamWW"], "--optimizer_type AdamWW: unknown optimizer; use a kohya name (AdamW, "
+     "AdamW8bit, Lion, Prodigy, Adafactor, …), a torch.optim class or a dotted path module.Class"),
     (["--lr_scheduler", "cosine_restarts"], "--lr_scheduler cosine_restarts: unknown; choose from constant, "
      "constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, piecewise_constant, inverse_sqrt, "
      "cosine_with_min_lr, warmup_stable_decay"),
@@ -51,7 +51,8 @@ def test_missing_optimizer_package_fails_before_models_load(plain_assets, tmp_pa
                                                             no_model_loading):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as on a machine without it
     assert sdxl_main(_args(plain_assets, tmp_path / "out", "--optimizer_type", "AdamW8bit")) == 2
-    assert _error(capsys) == "'bitsandbytes.optim.AdamW8bit' needs the package 'bitsandbytes': pip install bitsandbytes"
+    assert _error(capsys) == ("--optimizer_type AdamW8bit: cannot import it (No module named 'bitsandbytes.optim'; "
+                              "'bitsandbytes' is not a package); pip install bitsandbytes, or fix the name")
 
 
 def test_resume_folder_checks_before_models_load(plain_assets, tmp_path, capsys, no_model_loading):
