@@ -18,6 +18,7 @@ from library.errors import UserError
 DEFAULT_NAMES = {"step": "at", "epoch": "epoch", "final": "last", "interrupted": "last"}
 TRAIN_STATE = "train_state.json"
 FORMAT_VERSION = 1
+EMBEDDING_SUFFIX = "_emb.safetensors"  # beside a pivotal-tuning LoRA: {stem}_emb.safetensors
 
 
 def _stem(kind: str, output_name: str | None, index: int | None) -> str:
@@ -47,6 +48,12 @@ def model_file_name(kind: str, output_name: str | None, ext: str, index: int | N
         ``name-interrupted.safetensors``.
     """
     return f"{_stem(kind, output_name, index)}.{ext}"
+
+
+def embedding_file(model_path: str | os.PathLike) -> Path:
+    """``{stem}_emb.safetensors`` beside a model file: the embedding file of a pivotal-tuning LoRA."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}{EMBEDDING_SUFFIX}")
 
 
 def state_dir_name(kind: str, output_name: str | None, index: int | None = None) -> str:
@@ -126,6 +133,8 @@ def prune_after_save(output_dir: str | os.PathLike, new_path: str | os.PathLike,
         return None
     name = model_file_name(kind, output_name, ext, old) if ext else state_dir_name(kind, output_name, old)
     target = Path(output_dir) / name
+    if ext:  # pivotal tuning: the embedding file written beside the model goes with it
+        _remove(embedding_file(target))
     return str(target) if _remove(target) else None
 
 

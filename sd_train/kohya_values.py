@@ -131,6 +131,9 @@ def _readings() -> dict[str, Reading]:
                  "huggingface_repo_visibility", "offload_optimizer_device", "offload_optimizer_nvme_path",
                  "offload_param_device", "offload_param_nvme_path"):
         r[name] = Reading(UNSET, UNSET)  # read only by features sd-train refuses or ignores (CLI.md §12)
+    for name in ("token_abstraction", "initializer_concept", "embedding_weights", "token_string", "init_word",
+                 "weights"):
+        r[name] = Reading(UNSET, UNSET)  # new tokens (docs/PIVOTAL.md): an empty word or file is no word or file
     return r
 
 

@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from library.errors import UserError
+from library.text.conditioning import CHUNK
 from sd_train.disk import HEADER_ALLOWANCE, existing_parent, free_bytes, human
 
 logger = logging.getLogger(__name__)
@@ -109,12 +110,19 @@ def _keep_steps(keep_steps: int | None, every: int | None) -> int | None:
     return None if keep_steps is None or not every else keep_steps // every + 1
 
 
+def _te_cache_floats(family) -> int:
+    """Floats of one caption's text-encoder output cache: each full-size encoder's hidden states over the padded
+    caption (77 tokens per 75-token chunk) plus its pooled projection."""
+    length = CHUNK * ((family.max_length - 2) // (CHUNK - 2))
+    return sum(length * c.hidden_size + (c.projection_dim or 0) for c in family.spec.full_configs()["text_encoders"])
+
+
 def _cache_needs(trainer) -> dict[str, int]:
     """Bytes of latent / text-encoder caches to write, by image folder (existing ``.npz`` files count 0)."""
     from library.dataset.latent_cache import latent_npz_path, te_npz_path
 
     d, out, tag = trainer.opts.dataset, {}, trainer.family.spec.latent_cache_tag
-    te_floats = trainer.family.te_cache_floats() if d.cache_text_encoder_outputs_to_disk else 0
+    te_floats = _te_cache_floats(trainer.family) if d.cache_text_encoder_outputs_to_disk else 0
     for ds in [*trainer.prepared.train, *trainer.prepared.validation]:
         for rec in ds.records:
             size = 0

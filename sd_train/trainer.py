@@ -30,8 +30,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import (checkpointing, class_images, interrupt, metadata, milestones, objective, optim, preflight,
-                      preservation, resume, sampling, tracking)
+from sd_train import (checkpointing, class_images, interrupt, metadata, milestones, objective, optim, pivotal,
+                      preflight, preservation, resume, sampling, tracking)
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -180,6 +180,8 @@ class Trainer:
         self.host.apply_to(te, unet, self.train_te, not n.network_train_text_encoder_only)
         if n.network_weights:
             self.host.load_weights(n.network_weights)
+        self.pivot = pivotal.setup(self)  # new tokens (pivotal tuning, textual inversion) train with the network
+        self.train_te = self.train_te or bool(self.pivot and self.pivot.training)
         if self.opts.model.gradient_checkpointing:
             self.family.enable_gradient_checkpointing(unet, self.models.text_encoders if self.train_te else ())
             self.host.enable_gradient_checkpointing()
@@ -325,6 +327,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.opts.network.scale_weight_norms:
             self.host.apply_max_norm_regularization(self.opts.network.scale_weight_norms, self.accelerator.device)
+        if getattr(self, "pivot", None):
+            self.pivot.after_step()
         self.guard.check_params(params, step)
 
     def _flush_losses(self) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from library.errors import UserError
 from sd_train.options import TrainOptions
+from sd_train.options import pivotal
 
 
 def normalize(values: dict[str, Any], entry: str) -> list[str]:
@@ -44,6 +45,7 @@ def normalize(values: dict[str, Any], entry: str) -> list[str]:
         if values.get(name) is not None and values[name] <= 0:
             notes.append(f"--{name} {values[name]} <= 0: sampling at that interval is disabled")
             values[name] = None
+    pivotal.normalize(values, entry)
     return notes
 
 
@@ -149,6 +151,7 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
          "--base_weights_multiplier must have one value per --base_weights file"),
         ("warning", lambda v, e: not _family(v, e).uses_clip_skip and v["clip_skip"] is not None,
          "--clip_skip is ignored for SDXL (sdxl_train_network.py always uses the penultimate layer)"),
+        *pivotal.rules(),
     ]
 
 
