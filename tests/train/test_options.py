@@ -19,8 +19,8 @@ def test_namespace_is_flat_with_kohya_names():
     assert ns.network_dim == 8 and ns.network_args == ["conv_dim=4"]
     assert ns.network_alpha == 1 and ns.caption_extension == ".caption" and ns.max_train_steps == 1600
     # kohya's 196 SDXL flags + --debug, --max_nan_steps, --generate_class_images (ours) + 9 pivotal-tuning (ours)
-    # + kohya's 6 textual-inversion flags
-    assert len(vars(ns)) == 199 + 9 + 6
+    # + kohya's 6 textual-inversion flags + --no_save_on_interrupt, --fallback_output_dir, --force (ours)
+    assert len(vars(ns)) == 199 + 9 + 6 + 3
 
 
 def test_options_are_frozen_and_unknown_names_rejected():
