@@ -9,14 +9,12 @@ process the narrator also keeps ``{output_dir}/{name}_run.json`` (the run record
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
 
-from library.errors import UserError
+from library.errors import UserError, first_line
 from library.io.safetensors_io import atomic_path
 from library.report.units import duration, sized
 from sd_train import eta, run_stats
@@ -137,14 +135,14 @@ class Narrator:
         self.info("saved %s (%s)", path, sized(path))
         return path
 
-    @contextlib.contextmanager
-    def saving(self, path, trainer, report: bool = True) -> Iterator[None]:
-        """Time the model save inside the block, narrate it, then (``report``) rewrite record and report."""
+    def saved(self, trainer, path, seconds: float, report: bool = True) -> None:
+        """A model save took ``seconds`` and wrote ``path`` (``None``: it failed and was reported); narrate it
+        and, with ``report``, rewrite the run record and the report."""
         from sd_train.checkpointing import embedding_file
 
-        started = time.perf_counter()
-        yield
-        self.wrote(path, "model", time.perf_counter() - started)
+        if path is None:
+            return
+        self.wrote(path, "model", seconds)
         if embedding_file(path).is_file():  # pivotal tuning: the new tokens' embedding beside the LoRA
             self.wrote(embedding_file(path), "embedding")
         if report:
@@ -205,9 +203,13 @@ class Narrator:
             return self.prompts
 
     def write_json(self, file_name: str, value, indent: int = 1) -> None:
-        """Write ``{output_dir}/{file_name}`` atomically (temporary file, then rename)."""
-        with atomic_path(self.out / file_name) as tmp:
-            Path(tmp).write_text(json.dumps(value, indent=indent, default=str), encoding="utf-8")
+        """Write ``{output_dir}/{file_name}`` atomically (temporary file, then rename); a failure (a full disk)
+        is a warning: bookkeeping never ends a run."""
+        try:
+            with atomic_path(self.out / file_name) as tmp:
+                Path(tmp).write_text(json.dumps(value, indent=indent, default=str), encoding="utf-8")
+        except (OSError, UserError) as err:
+            logger.warning("%s not written (%s); training goes on", self.out / file_name, first_line(err))
 
     def _first_writes(self, *paths: Path | None) -> None:
         """Narrate the bookkeeping files (dataset report, run record, report) once, at the first save: not at

@@ -69,9 +69,10 @@ def save_precision(opts) -> str:
 
 
 def estimate_network(opts, family_name: str, metadata_bytes: int = METADATA_GUESS) -> LoraEstimate | None:
-    """The ``networks.lora`` file this run will write, from the base model's header (``None`` when unknown)."""
+    """The file ``networks.lora`` would write for this run, from the base model's header (``None`` when unknown:
+    not a local ``.safetensors`` file, or ranks taken from ``--network_weights``)."""
     n = opts.network
-    if (n.network_module or "networks.lora") != "networks.lora" or n.dim_from_weights:
+    if n.dim_from_weights:
         return None
     try:
         shapes = header_shapes(opts.model.pretrained_model_name_or_path or "")
@@ -84,6 +85,11 @@ def estimate_network(opts, family_name: str, metadata_bytes: int = METADATA_GUES
     unet, te, _ = trained_parts(opts)
     return estimate_lora(shapes, family_name, n.network_dim or 4, conv_dim, unet=unet, text_encoders=te,
                          bytes_per_value=SAVE_BYTES[save_precision(opts)], metadata_bytes=metadata_bytes)
+
+
+def _is_lora(opts, family) -> bool:
+    """The run trains ``networks.lora`` (whose file the plan can size), not another plugin or an embedding."""
+    return (opts.network.network_module or "networks.lora") == "networks.lora" and not family.embeddings_only
 
 
 def _every(total: int, every: int | None) -> list[int]:
@@ -129,7 +135,7 @@ def build_plan(opts, report: dict, batches: int, num_processes: int, family, num
                    num_prompts=num_prompts,
                    every_epochs=every_epochs, trains_unet=unet, trains_te=te, te_cached=cached,
                    save_precision=save_precision(opts), embeddings_only=family.embeddings_only,
-                   estimate=None if family.embeddings_only else estimate_network(opts, family.name, metadata_bytes))
+                   estimate=estimate_network(opts, family.name, metadata_bytes) if _is_lora(opts, family) else None)
     plan.lr = preview_lr(opts.optimizer, max_steps, num_processes)
     plan.lines = format_plan(plan, opts, report, family)
     return plan

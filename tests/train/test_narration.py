@@ -152,3 +152,18 @@ def test_pivotal_embeddings_are_listed_beside_their_lora(assets, tmp_path, summa
     assert set(rows) == {str(p) for p in (tmp_path / "o").rglob("*") if p.is_file()}
     assert {"last_emb.safetensors", "at-step00000001_emb.safetensors"} <= {p.rsplit("/", 1)[1] for p in rows}
     assert "copy last_emb.safetensors into embeddings/ (with the LoRA loaded) and write last_emb" in out
+
+
+def test_a_bookkeeping_write_that_fails_is_a_warning(tmp_path, caplog):
+    """A full or blocked output folder costs the run record a warning, never the run."""
+    import logging
+
+    from sd_train.narration import Narrator
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output folder should be")
+    narrator = Narrator.__new__(Narrator)  # only the output folder matters here
+    narrator.out = blocked / "out"
+    with caplog.at_level(logging.WARNING):
+        narrator.write_json("n_run.json", {"status": "running"})
+    assert f"{blocked / 'out' / 'n_run.json'} not written (" in caplog.text and "training goes on" in caplog.text

@@ -95,8 +95,6 @@ COMPUTED = {
     **{f"metadata_{n}": "test_metadata_options_reach_the_file" for n in (
         "author", "description", "license", "tags", "usage_hint", "thumbnail", "merged_from", "trigger_phrase",
         "preprocessor", "is_negative_embedding")},
-    **{f"save_last_n_{u}_state": "tests/train/test_checkpointing.py (getattr(saving, f'save_last_n_{unit}_state'))"
-       for u in ("steps", "epochs")},  # save_last_n_steps / _epochs are also read by name (sd_train/plan_format.py)
     "debug": "library.errors.run_cli looks for '--debug' in argv",
 }
 

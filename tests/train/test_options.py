@@ -18,9 +18,10 @@ def test_namespace_is_flat_with_kohya_names():
     assert isinstance(ns, argparse.Namespace)
     assert ns.network_dim == 8 and ns.network_args == ["conv_dim=4"]
     assert ns.network_alpha == 1 and ns.caption_extension == ".caption" and ns.max_train_steps == 1600
-    # kohya's 196 SDXL flags + --debug, --max_nan_steps, --generate_class_images, --dry_run, --quiet (ours)
-    # + 9 pivotal-tuning (ours) + kohya's 6 textual-inversion flags
-    assert len(vars(ns)) == 201 + 9 + 6
+    # kohya's 196 SDXL flags + --debug, --max_nan_steps, --generate_class_images (ours) + 9 pivotal-tuning (ours)
+    # + kohya's 6 textual-inversion flags + --no_save_on_interrupt, --fallback_output_dir, --force, --dry_run,
+    # --quiet (ours)
+    assert len(vars(ns)) == 199 + 9 + 6 + 5
 
 
 def test_options_are_frozen_and_unknown_names_rejected():
