@@ -65,7 +65,7 @@ class Narrator:
         if state.is_main_process:
             print(format_report(report))
             print("\n".join(plan.lines))
-        if narrator.active:
+        if state.is_main_process and not opts.training.dry_run:  # --debug_dataset runs write it too
             narrator.write_json(f"{narrator.name}_dataset_report.json", report, indent=2)
             narrator.record["files"].append({"path": f"{narrator.name}_dataset_report.json", "kind": "dataset report"})
         narrator.write_record()
