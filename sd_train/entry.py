@@ -5,6 +5,17 @@ from __future__ import annotations
 import sys
 
 
+def family_class(entry: str):
+    """The model-family class of an entry point: ``SdxlFamily`` for ``"sdxl"``, else ``SdFamily``."""
+    if entry == "sdxl":
+        from sd_train.families.sdxl import SdxlFamily
+
+        return SdxlFamily
+    from sd_train.families.sd import SdFamily
+
+    return SdFamily
+
+
 def entry_point(entry: str, argv: list[str] | None) -> int:
     """Run ``train_network.py`` (``entry="sd"``) or ``sdxl_train_network.py`` (``"sdxl"``).
 
@@ -20,11 +31,7 @@ def entry_point(entry: str, argv: list[str] | None) -> int:
     def _main(args: list[str]) -> int:
         from sd_train.trainer import run
 
-        if entry == "sdxl":
-            from sd_train.families.sdxl import SdxlFamily as family_cls
-        else:
-            from sd_train.families.sd import SdFamily as family_cls
-        return run(family_cls, args, entry)
+        return run(family_class(entry), args, entry)
 
     code = run_cli(_main, argv)
     if argv is None:

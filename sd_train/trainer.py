@@ -37,6 +37,7 @@ from sd_train.distributed import average_gradients, gloo_on_cpu, process_state
 from sd_train.guard import NanGuard, batch_report, finite_flags
 from sd_train.loader import EpochLoader
 from sd_train.network_host import NetworkHost, parse_network_args
+from sd_train.queue import write_result
 from sd_train.resume import Progress
 from sd_train.steps import compute_steps
 from sd_train.validation import Validator
@@ -385,6 +386,7 @@ def run(family_cls, argv: list[str] | None, entry: str) -> int:
     try:
         if trainer.setup():
             trainer.train()
+            write_result(trainer)  # the final loss for sd_train_queue's table
     finally:
         trainer.cleanup()
     return 0
