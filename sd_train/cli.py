@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import os
 import sys
 from typing import Any
 
 from library.errors import UserError
+from sd_train import config_io, gui_preset
 from sd_train.compat import GUI_ONLY_KEYS, check_unsupported
 from sd_train.options import TrainOptions, option_fields
 from sd_train.options.rules import normalize, validate
@@ -22,7 +22,7 @@ from sd_train.options.rules import normalize, validate
 logger = logging.getLogger(__name__)
 
 PROGS = {"sd": "train_network.py", "sdxl": "sdxl_train_network.py"}
-NEVER_WRITTEN = ("config_file", "output_config", "wandb_api_key", "huggingface_token", "debug")
+NEVER_WRITTEN = ("config_file", "output_config", "config_skip", "wandb_api_key", "huggingface_token", "debug")
 _ACCEPTED = {str: (str,), int: (int, str), float: (int, float, str)}
 _HINT_SPREAD = 0.1
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number"}
@@ -70,24 +70,6 @@ def build_parser(entry: str, *, suppress_defaults: bool = False) -> argparse.Arg
                 kwargs["choices"] = meta["choices"]
         parser.add_argument(f"--{f.name}", **kwargs)
     return parser
-
-
-def _toml_path(path: str) -> str:
-    return path if path.endswith(".toml") else path + ".toml"
-
-
-def _read_toml(path: str) -> dict:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:
-        import tomli as tomllib
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: config file not found (--config_file)", exit_code=1)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: invalid TOML: {exc}") from exc
 
 
 def _flatten(doc: dict, path: str) -> dict[str, tuple[Any, str]]:
@@ -160,20 +142,22 @@ def convert_value(f, value: Any, where: str) -> Any:
     return _convert_scalar(meta, value, where)
 
 
-def load_config_file(path: str, entry: str) -> dict[str, Any]:
-    """Read a training TOML into converted ``{flag_name: value}`` (flattened one level).
+def load_config_file(path: str, entry: str, skip: str | None = None) -> dict[str, Any]:
+    """Read a training TOML/JSON or kohya_ss GUI preset into converted ``{flag_name: value}`` (flattened
+    one level; see :mod:`sd_train.config_io`).
 
     Args:
-        path: TOML path (``.toml`` appended when missing).
+        path: TOML or JSON path (``.toml`` appended when it has neither suffix).
         entry: ``"sd"`` or ``"sdxl"``; keys of the other entry point are errors.
+        skip: ``--config_skip``: comma-separated keys of the file to ignore.
 
     Raises:
         UserError: Missing file (exit 1), bad TOML, unknown key or bad value (exit 2).
     """
-    path = _toml_path(path)
+    path = config_io.config_path(path)
     fields = {f.name: f for _, f in option_fields(entry)}
     values = {}
-    for key, (value, where) in _flatten(_read_toml(path), path).items():
+    for key, (value, where) in _flatten(config_io.read_config(path, entry, skip), path).items():
         if key not in fields or key == "debug":
             raise _unknown_key(key, where, entry)
         values[key] = convert_value(fields[key], value, f"{where}: key '{key}'")
@@ -197,15 +181,15 @@ def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
     _check_entry(entry)
     given = vars(build_parser(entry, suppress_defaults=True).parse_args(argv))
     values = {f.name: f.default for _, f in option_fields(entry)}
-    if given.get("output_config"):
+    if given.get("output_config") and not gui_preset.is_preset_file(given.get("config_file")):
         if not given.get("config_file"):
             raise UserError("--output_config needs --config_file OUT.toml (the file to write)")
         values.update(given)
         return TrainOptions.from_flat(values)
     if given.get("config_file"):
-        path = _toml_path(given["config_file"])
-        values.update(load_config_file(path, entry))
-        given["config_file"] = os.path.splitext(path)[0]  # kohya-compat: stored without extension
+        path = config_io.config_path(given["config_file"])
+        values.update(load_config_file(path, entry, given.get("config_skip")))
+        given["config_file"] = config_io.stored_name(path)
     values.update(given)
     notes = normalize(values, entry)
     options = TrainOptions.from_flat(values)
@@ -218,16 +202,17 @@ def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
 
 def write_output_config(opts_or_ns: TrainOptions | argparse.Namespace, path: str,
                         parser: argparse.ArgumentParser | None = None) -> str:
-    """Write the options that differ from the parser defaults as a flat TOML (CLI.md §4).
+    """Write the options that differ from the parser defaults as a flat TOML, or JSON for a ``.json`` path
+    (CLI.md §4). A kohya_ss GUI preset is the input, never the output: its effective flags print to stdout.
 
     Args:
         opts_or_ns: Parsed options or kohya's flat namespace.
-        path: Output path (``.toml`` appended when missing); never overwritten.
+        path: Output path (``.toml`` appended without .toml/.json); never overwritten.
         parser: The entry point's parser (``build_parser(entry)``): order and defaults (default:
             the SDXL parser, whose defaults and order are the same for every shared flag).
 
     Returns:
-        The path written.
+        The path written (``"-"`` when printed).
 
     Raises:
         UserError: The file exists (exit 1).
@@ -242,9 +227,7 @@ def write_output_config(opts_or_ns: TrainOptions | argparse.Namespace, path: str
             continue
         if values[name] != action.default and values[name] is not None:
             out[name] = values[name]
-    path = _toml_path(path)
-    if os.path.exists(path):
-        raise UserError(f"{path}: already exists; --output_config never overwrites a file", exit_code=1)
-    with open(path, "x", encoding="utf-8") as fh:
-        fh.write(toml.dumps(out))
-    return path
+    if gui_preset.is_preset_file(path):
+        sys.stdout.write(toml.dumps(out))
+        return "-"
+    return config_io.write_document(out, config_io.config_path(path))

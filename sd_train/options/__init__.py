@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from sd_train.options.dataset import DatasetOptions
+from sd_train.options.workflow import EmaOptions
 from sd_train.options.logging import LoggingOptions
 from sd_train.options.model import ModelOptions
 from sd_train.options.network import NetworkOptions
@@ -30,6 +31,7 @@ GROUPS: dict[str, type] = {
     "saving": SavingOptions,
     "logging": LoggingOptions,
     "sampling": SamplingOptions,
+    "ema": EmaOptions,
 }
 
 
@@ -58,6 +60,7 @@ class TrainOptions:
     saving: SavingOptions = field(default_factory=SavingOptions)
     logging: LoggingOptions = field(default_factory=LoggingOptions)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    ema: EmaOptions = field(default_factory=EmaOptions)
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> "TrainOptions":
@@ -95,6 +98,6 @@ class TrainOptions:
 
 
 __all__ = [
-    "GROUPS", "TrainOptions", "option_fields", "DatasetOptions", "LoggingOptions", "ModelOptions",
+    "GROUPS", "TrainOptions", "option_fields", "DatasetOptions", "EmaOptions", "LoggingOptions", "ModelOptions",
     "NetworkOptions", "OptimizerOptions", "SamplingOptions", "SavingOptions", "TrainingOptions",
 ]

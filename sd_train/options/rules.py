@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from library.errors import UserError
 from sd_train.options import TrainOptions
+from sd_train.options.workflow import workflow_rules
 
 
 def normalize(values: dict[str, Any], entry: str) -> list[str]:
@@ -151,6 +152,7 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
          "--base_weights_multiplier must have one value per --base_weights file"),
         ("warning", lambda v, e: e == "sdxl" and v["clip_skip"] is not None,
          "--clip_skip is ignored for SDXL (sdxl_train_network.py always uses the penultimate layer)"),
+        *workflow_rules(),
     ]
 
 

@@ -11,7 +11,7 @@ from sd_train.compat import unsupported_table
 from sd_train.options import option_fields
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-OURS = {"debug", "max_nan_steps"}  # sd-train's own flags
+OURS = {f.name for _, f in option_fields("sdxl") if f.metadata["ours"]}  # sd-train's own flags
 
 
 def _kohya(entry: str) -> set[str]:
