@@ -45,6 +45,12 @@ def model_file_name(kind: str, output_name: str | None, ext: str, index: int | N
     return f"{_stem(kind, output_name, index)}.{ext}"
 
 
+def ema_path(path: str | os.PathLike) -> Path:
+    """The ``--ema_save_as both`` sibling of a model file: ``NAME-ema.safetensors`` next to ``NAME.safetensors``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-ema{path.suffix}")
+
+
 def state_dir_name(kind: str, output_name: str | None, index: int | None = None) -> str:
     """Folder name of a saved state: ``{stem}-state`` with the stem of :func:`model_file_name`."""
     return f"{_stem(kind, output_name, index)}-state"
@@ -122,6 +128,8 @@ def prune_after_save(output_dir: str | os.PathLike, new_path: str | os.PathLike,
         return None
     name = model_file_name(kind, output_name, ext, old) if ext else state_dir_name(kind, output_name, old)
     target = Path(output_dir) / name
+    if ext:
+        _remove(ema_path(target))  # its --ema_save_as both sibling, if any
     return str(target) if _remove(target) else None
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file as save_safetensors
 from accelerate.utils import gather_object
 
 from library.errors import UserError, first_line
-from sd_train import checkpointing
+from sd_train import checkpointing, ema
 from sd_train import noise as noise_lib
 
 RESUME_RECORD = "sd_train_resume.pt"
@@ -109,6 +109,7 @@ def save_state(trainer, kind: str, epoch: int | None = None) -> Path:
         return final
     with checkpointing.atomic_state_dir(final) as tmp:
         write_accelerate_files(acc, trainer.network, trainer.optimizer, trainer.lr_scheduler, tmp)
+        ema.save_state(trainer, tmp)
         for index, record in enumerate(records):
             torch.save(record, tmp / record_name(index))
         checkpointing.write_train_state(tmp, p.epoch + 1, p.global_step, {

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError, first_line
+from sd_train.ema import sampling_weights
 
 logger = logging.getLogger(__name__)
 SCHEDULERS = {  # kohya sampler name -> diffusers class (ddim is the fallback, kohya-compat)
@@ -214,6 +215,7 @@ def maybe_sample(trainer, epoch: int | None) -> list[Path]:
         return []
     snap = rng_snapshot()
     try:
-        return sample_during_training(trainer, epoch=epoch, step=step)
+        with sampling_weights(trainer):  # --ema_for_sampling
+            return sample_during_training(trainer, epoch=epoch, step=step)
     finally:
         rng_restore(snap)

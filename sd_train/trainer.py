@@ -28,7 +28,7 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import checkpointing, metadata, objective, optim, preservation, resume, sampling, tracking
+from sd_train import checkpointing, ema, metadata, objective, optim, preservation, resume, sampling, tracking
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -40,6 +40,7 @@ from sd_train.network_host import NetworkHost, parse_network_args
 from sd_train.queue import write_result
 from sd_train.resume import Progress
 from sd_train.steps import compute_steps
+from sd_train.te_stop import TextEncoderStop
 from sd_train.validation import Validator
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
@@ -78,6 +79,7 @@ class Trainer:
         self.progress = resume.initial_progress(t.initial_step, t.initial_epoch, t.skip_until_initial_step,
                                                 self.steps_per_epoch, self.max_train_steps,
                                                 t.gradient_accumulation_steps) or self.progress
+        self.ema, self.te_stop = ema.create(self), TextEncoderStop(self)  # after the resume: its state and step
         self.validator = Validator(self, self.val_dataset)
         self.metadata = self._build_metadata()
         return True
@@ -230,8 +232,9 @@ class Trainer:
                "num_processes": self.accelerator.num_processes, "optimizer": self.optimizer_name,
                "network_args": args}
         info = self.family.model_info(o.model.pretrained_model_name_or_path, o.model.vae)
-        return metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
+        meta = metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
                                        model_info=info, run=run)
+        return {**meta, **ema.run_metadata(o), **self.te_stop.run_metadata(o)}
 
     def train(self) -> None:
         """Run epochs and optimizer steps with logging, saving and sampling cadence (CLI.md §7–11)."""
@@ -327,6 +330,9 @@ class Trainer:
         if self.opts.network.scale_weight_norms:
             self.host.apply_max_norm_regularization(self.opts.network.scale_weight_norms, self.accelerator.device)
         self.guard.check_params(params, step)
+        if self.ema:
+            self.ema.update(step)
+        self.te_stop.after_step(self, step)
 
     def _flush_losses(self, bar=None) -> None:
         """Read pending losses (one host sync) and log kohya's scalars at the current step."""
@@ -355,7 +361,7 @@ class Trainer:
         path = Path(s.output_dir) / checkpointing.model_file_name(kind, s.output_name, s.save_model_as, index)
         if self.accelerator.is_main_process:
             meta = metadata.update_for_save(self.metadata, step, epoch or self.progress.epoch + 1)
-            self.host.save(str(path), self.save_dtype, meta)
+            ema.save_model(self, path, meta)  # the trained weights, or the EMA ones (--ema)
             if kind != "final":
                 self._prune(kind, path, index, state=False)
         return path

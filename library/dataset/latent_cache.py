@@ -217,17 +217,26 @@ def cache_latents(dataset, encode_fn, *, batch_size: int, to_disk: bool, skip_ch
     return len(todo)
 
 
-def _check_frozen_captions(dataset) -> None:
+def caption_randomness(dataset) -> list[tuple[str, list[str]]]:
+    """``(image_dir, [caption options that vary the caption between fetches])`` of each subset that has any."""
     names = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
              "caption_tag_dropout_rate", "token_warmup_step", "enable_wildcard")
+    found = []
     for ds in dataset.datasets:
         for st in ds.subsets:
             used = [n for n in names if getattr(st.caption_options, n)]
             if used:
-                where = st.spec.image_dir or st.spec.metadata_file
-                raise UserError(f"{where}: --cache_text_encoder_outputs would freeze the caption "
-                                f"randomness of {', '.join(used)}; turn those off or do not "
-                                "cache text-encoder outputs")
+                found.append((st.spec.image_dir or st.spec.metadata_file, used))
+    return found
+
+
+def _check_frozen_captions(dataset) -> None:
+    randomness = caption_randomness(dataset)
+    if randomness:
+        where, used = randomness[0]
+        raise UserError(f"{where}: --cache_text_encoder_outputs would freeze the caption "
+                        f"randomness of {', '.join(used)}; turn those off or do not "
+                        "cache text-encoder outputs")
 
 
 def _caption_key(caption: str, variant: str = "") -> np.ndarray:
