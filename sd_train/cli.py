@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from library.errors import UserError
-from sd_train import config_io, gui_preset
+from sd_train import config_io
 from sd_train.compat import GUI_ONLY_KEYS, check_unsupported
 from sd_train.options import TrainOptions, option_fields
 from sd_train.options.rules import normalize, validate
@@ -181,7 +181,7 @@ def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
     _check_entry(entry)
     given = vars(build_parser(entry, suppress_defaults=True).parse_args(argv))
     values = {f.name: f.default for _, f in option_fields(entry)}
-    if given.get("output_config") and not gui_preset.is_preset_file(given.get("config_file")):
+    if given.get("output_config") and not config_io.is_preset_file(given.get("config_file")):
         if not given.get("config_file"):
             raise UserError("--output_config needs --config_file OUT.toml (the file to write)")
         values.update(given)
@@ -227,7 +227,7 @@ def write_output_config(opts_or_ns: TrainOptions | argparse.Namespace, path: str
             continue
         if values[name] != action.default and values[name] is not None:
             out[name] = values[name]
-    if gui_preset.is_preset_file(path):
+    if config_io.is_preset_file(path):
         sys.stdout.write(toml.dumps(out))
         return "-"
     return config_io.write_document(out, config_io.config_path(path))

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from library.errors import UserError
+from sd_train import gui_preset
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +95,14 @@ def read_config(path: str, entry: str, skip: str | None = None) -> dict:
         entry: ``"sd"`` or ``"sdxl"`` (a GUI preset says which script it is for).
         skip: ``--config_skip`` value, comma-separated keys of the file.
     """
-    from sd_train import gui_preset
-
     doc = drop_skipped(read_document(path), parse_skip(skip), path)
     return gui_preset.preset_flags(doc, entry, path) if gui_preset.is_gui_preset(doc) else doc
+
+
+def is_preset_file(path: str | None) -> bool:
+    """``path`` is an existing ``.json`` file holding a kohya_ss GUI preset (then it is never an output)."""
+    return bool(path) and path.endswith(JSON_SUFFIX) and os.path.isfile(path) and \
+        gui_preset.is_gui_preset(read_document(path))
 
 
 def write_document(values: dict[str, Any], path: str) -> str:

@@ -90,20 +90,14 @@ _CONSUMED = {  # read by the mapping below, never passed on under their own name
     "noise_offset", "adaptive_noise_scale", "noise_offset_random_strength", "multires_noise_iterations",
     "multires_noise_discount", "text_encoder_lr", "unet_lr", "lr_warmup", "lr_warmup_steps", "optimizer_args",
     "lr_scheduler_args", "epoch", "stop_text_encoder_training", "additional_parameters", "wandb_run_name",
-    "sample_prompts", "stop_text_encoder_training_pct", "use_wandb", "use_8bit_adam", "loraplus_lr_ratio", "loraplus_unet_lr_ratio",
+    "sample_prompts", "stop_text_encoder_training_pct", "use_wandb", "use_8bit_adam", "loraplus_lr_ratio",
+    "loraplus_unet_lr_ratio",
     "loraplus_text_encoder_lr_ratio", *_LYCORIS_DEFAULTS, *_KOHYA_ARGS}
 
 
 def is_gui_preset(doc: dict) -> bool:
     """A kohya_ss GUI LoRA preset: a JSON object with ``LoRA_type``."""
     return MARKER in doc
-
-
-def is_preset_file(path: str | None) -> bool:
-    """``path`` is an existing ``.json`` file holding a GUI preset (it is then never an output)."""
-    from sd_train.config_io import JSON_SUFFIX, read_document
-
-    return bool(path) and path.endswith(JSON_SUFFIX) and os.path.isfile(path) and is_gui_preset(read_document(path))
 
 
 def _is_set(value: Any) -> bool:
@@ -178,7 +172,7 @@ def _derived(doc: dict, entry: str, path: str) -> dict[str, Any]:
            "optimizer_args": _split_args(doc.get("optimizer_args")) or None,
            "lr_scheduler_args": _split_args(doc.get("lr_scheduler_args")) or None}
     steps, pct = _number(doc, "lr_warmup_steps", path), _number(doc, "lr_warmup", path)
-    out["lr_warmup_steps"] = int(steps) if steps > 0 else pct / 100 if pct else None
+    out["lr_warmup_steps"] = int(steps) if steps > 0 else f"{pct:g}%" if pct else None  # "N%": a fraction
     kind = doc.get("noise_offset_type", "Original")
     names = ("noise_offset", "adaptive_noise_scale", "noise_offset_random_strength") if kind == "Original" else \
         ("multires_noise_iterations", "multires_noise_discount") if kind == "Multires" else ()
@@ -201,7 +195,7 @@ def _derived(doc: dict, entry: str, path: str) -> dict[str, Any]:
 def _run_length(doc: dict, out: dict, path: str) -> bool:
     """GUI ``epoch``: the run length when neither max_train_steps nor max_train_epochs is set (the GUI turns it
     into steps from the image folders; without a dataset config sd-train trains that many epochs)."""
-    if _is_set(out.get("max_train_steps")) or _is_set(out.get("max_train_epochs")) or doc.get("dataset_config"):
+    if _number(doc, "max_train_steps", path) or _number(doc, "max_train_epochs", path) or doc.get("dataset_config"):
         return False
     epochs = int(_number(doc, "epoch", path))
     out["max_train_epochs"] = epochs if epochs > 0 else None

@@ -44,14 +44,12 @@ class QueueItem:
 def collect_configs(paths: list[str]) -> list[Path]:
     """Config files in the order given; a folder adds its ``*.toml`` / ``*.json`` files sorted by name, less
     dataset configs (those with a ``datasets`` table)."""
-    from sd_train.config_io import read_document
-
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in (".toml", ".json") and p.is_file())
-            found += [p for p in files if not _is_dataset_config(p, read_document)]
+            found += [p for p in files if not _is_dataset_config(p)]
         elif path.is_file():
             found.append(path)
         else:
@@ -61,9 +59,11 @@ def collect_configs(paths: list[str]) -> list[Path]:
     return found
 
 
-def _is_dataset_config(path: Path, read) -> bool:
+def _is_dataset_config(path: Path) -> bool:
+    from sd_train.config_io import read_document
+
     try:
-        return "datasets" in read(str(path))
+        return "datasets" in read_document(str(path))
     except UserError:
         return False  # not readable: the check of this config names the problem
 
@@ -88,12 +88,13 @@ def detect_entry(config: Path, choice: str) -> str:
     """``sd`` or ``sdxl``: ``choice`` unless ``auto``; then a GUI preset's ``sdxl`` checkbox, else the family
     of the config's local ``pretrained_model_name_or_path``, else ``sdxl``."""
     from sd_train.config_io import read_document
+    from sd_train.gui_preset import is_gui_preset
 
     if choice != "auto":
         return choice
     doc = read_document(str(config))
     flat = {**{k: v for t in doc.values() if isinstance(t, dict) for k, v in t.items()}, **doc}
-    if "LoRA_type" in doc and "sdxl" in doc:
+    if is_gui_preset(doc) and "sdxl" in doc:
         return "sdxl" if doc["sdxl"] else "sd"
     return "sd" if _model_family(flat.get("pretrained_model_name_or_path")) in ("sd1", "sd2") else "sdxl"
 

@@ -276,6 +276,9 @@ class Trainer:
     def _after_step(self) -> None:
         """Step cadence after an optimizer step: sampling first, then checkpoint and state folder."""
         step, s = self.progress.global_step, self.opts.saving
+        if self.ema:  # first: samples and files of this step see the updated EMA
+            self.ema.update(step)
+        self.te_stop.after_step(self, step)
         sampling.maybe_sample(self, None)
         if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < self.max_train_steps:
             self._save_model("step")
@@ -330,9 +333,6 @@ class Trainer:
         if self.opts.network.scale_weight_norms:
             self.host.apply_max_norm_regularization(self.opts.network.scale_weight_norms, self.accelerator.device)
         self.guard.check_params(params, step)
-        if self.ema:
-            self.ema.update(step)
-        self.te_stop.after_step(self, step)
 
     def _flush_losses(self, bar=None) -> None:
         """Read pending losses (one host sync) and log kohya's scalars at the current step."""

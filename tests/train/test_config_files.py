@@ -59,14 +59,13 @@ def test_json_path_kept_whole_and_toml_suffix_still_appended(tmp_path):
 
 
 def test_output_config_json_round_trip(tmp_path):
-    argv = ["--network_dim", "32", "--network_args", "conv_dim=8", "--lr_scheduler", "cosine",
-            "--lr_warmup_steps", "0.1", "--seed", "7",
-            "--ema", "--ema_decay", "0.99", "--config_skip", "x"]
+    argv = ["--network_dim", "32", "--network_args", "conv_dim=8", "--lr_scheduler", "cosine", "--lr_warmup_steps",
+            "0.1", "--seed", "7", "--ema", "--ema_decay", "0.99", "--config_skip", "x"]
     out = str(tmp_path / "out.json")
     assert sdxl_main(argv + ["--output_config", "--config_file", out]) == 0
     written = json.loads((tmp_path / "out.json").read_text())
-    assert written == {"seed": 7, "lr_scheduler": "cosine", "lr_warmup_steps": 0.1, "network_dim": 32, "network_args": ["conv_dim=8"],
-                       "ema": True, "ema_decay": 0.99}
+    assert written == {"seed": 7, "lr_scheduler": "cosine", "lr_warmup_steps": 0.1, "network_dim": 32,
+                       "network_args": ["conv_dim=8"], "ema": True, "ema_decay": 0.99}
     from_file = parse_options(["--config_file", out, "--config_skip", "x"], "sdxl")
     assert from_file == parse_options(argv + ["--config_file", out], "sdxl")
     assert sdxl_main(["--output_config", "--config_file", out]) == 1  # never overwrites

@@ -48,7 +48,8 @@ def test_ema_file_is_the_recurrence_of_the_recorded_weights(assets, tmp_path, de
     assert sdxl_main(_args(assets, out, *extra)) == 0
     raw = [_weights(base / "last.safetensors")[0]]
     raw += [_weights(out / f"n-step{s:08d}.safetensors")[0] for s in (1, 2, 3)] + [_weights(out / "n.safetensors")[0]]
-    got = [_weights(out / f"n-step{s:08d}-ema.safetensors")[0] for s in (1, 2, 3)] + [_weights(out / "n-ema.safetensors")[0]]
+    got = [_weights(out / f"n-step{s:08d}-ema.safetensors")[0] for s in (1, 2, 3)]
+    got += [_weights(out / "n-ema.safetensors")[0]]
     ema, late = dict(raw[0]), dict(raw[0])
     for step in range(1, 5):
         d = min(decay, step / (9 + step)) if warmup else decay
@@ -68,7 +69,7 @@ def test_ema_file_is_the_recurrence_of_the_recorded_weights(assets, tmp_path, de
 def test_decay_zero_is_the_trained_weights_and_decay_one_the_start(assets, tmp_path):
     assert sdxl_main(_args(assets, tmp_path / "zero", "--ema", "--ema_decay", "0", "--ema_save_as", "both",
                            steps=2)) == 0
-    raw, ema = load_file(tmp_path / "zero" / "last.safetensors")[0], load_file(tmp_path / "zero" / "last-ema.safetensors")[0]
+    raw, ema = (load_file(tmp_path / "zero" / n)[0] for n in ("last.safetensors", "last-ema.safetensors"))
     assert raw.keys() == ema.keys() and all(torch.equal(raw[k], ema[k]) for k in raw)
     assert sdxl_main(_args(assets, tmp_path / "plain", steps=2)) == 0  # --ema never changes the training itself
     plain = load_file(tmp_path / "plain" / "last.safetensors")[0]

@@ -154,7 +154,8 @@ def test_network_of_each_lora_type(tmp_path, kind, args):
 def test_older_preset_spellings(tmp_path):
     """String numbers, ``LoCon``, boolean ``xformers``, ``lora_network_weights``, ``use_wandb``, missing keys."""
     old = {k: v for k, v in GUI_DEFAULTS.items() if k not in (
-        "bypass_mode", "dora_wd", "use_scalar", "rank_dropout_scale", "train_norm", "LyCORIS_preset", "network_weights")}
+        "bypass_mode", "dora_wd", "use_scalar", "rank_dropout_scale", "train_norm", "LyCORIS_preset",
+        "network_weights")}
     old.update(LoRA_type="LoCon", xformers=True, lora_network_weights="base.safetensors", use_wandb="True",
                gradient_accumulation_steps=1.0, keep_tokens="2", max_train_epochs="16", lr_scheduler_num_cycles="",
                lr_scheduler_power="", seed="", learning_rate="0.0003", max_data_loader_n_workers="0", conv_dim=8)
@@ -168,6 +169,15 @@ def test_older_preset_spellings(tmp_path):
     assert (flags["xformers"], flags["network_weights"], flags["log_with"]) == (True, "base.safetensors", "wandb")
     assert (flags["keep_tokens"], flags["max_train_epochs"], flags["learning_rate"]) == (2, 16, 3e-4)
     assert "seed" not in flags and "lr_scheduler_num_cycles" not in flags and flags["max_data_loader_n_workers"] == 0
+
+
+def test_epoch_is_the_run_length_only_without_steps_epochs_or_dataset_config(tmp_path):
+    flags = load_config_file(_preset(tmp_path, max_train_steps="0", max_train_epochs="", epoch="12"), "sd")
+    assert flags["max_train_epochs"] == 12 and "max_train_steps" not in flags
+    flags = load_config_file(_preset(tmp_path, "d.json", max_train_steps=0, epoch=12, dataset_config="d.toml"), "sd")
+    assert "max_train_epochs" not in flags and "max_train_steps" not in flags  # the GUI leaves sd-scripts' 1600
+    with pytest.raises(UserError, match=r"w.json: key 'lr_warmup_steps': invalid value '100%'"):
+        load_config_file(_preset(tmp_path, "w.json", lr_warmup=100), "sd")
 
 
 @pytest.mark.parametrize("changes, entry, message", [

@@ -73,7 +73,7 @@ def test_outputs_are_encoded_once_per_caption_after_the_stop(assets, tmp_path, m
     assert len(after) == len(set(after)) <= 8  # 8 captions in the sample set
     monkeypatch.setattr(te_stop, "_not_cacheable", lambda trainer: "test")
     assert sdxl_main(_args(assets, tmp_path / "encoded", "--stop_text_encoder_training", "1", steps=6)) == 0
-    a, b = load_file(tmp_path / "reused" / "last.safetensors")[0], load_file(tmp_path / "encoded" / "last.safetensors")[0]
+    a, b = (load_file(tmp_path / n / "last.safetensors")[0] for n in ("reused", "encoded"))
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
 
 
