@@ -48,11 +48,15 @@ def test_three_configs_one_failing_table_shows_two_outputs_and_the_error(assets,
     assert loss["steps"] == 1 and f"{loss['final_loss']:.4f}" == table[1].split()[-1]
     assert "error: --network_args conv_dim=nope" in (logs / "02_b.log").read_text()
 
-    # run again: finished configs are skipped, nothing trains; --rerun would train them again
+    # run again: finished configs are skipped, nothing trains; --rerun trains them again
     (runs / "b.toml").unlink()
     assert queue.main([str(runs), "--log_dir", str(logs)]) == 0
     table = capsys.readouterr().out.splitlines()[-2:]
     assert [row.split()[2:5] for row in table] == [["skipped", "(output", "exists)"]] * 2
+    before = (out / "a.safetensors").stat().st_mtime_ns
+    assert queue.main([str(runs / "a.toml"), "--rerun", "--log_dir", str(logs)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[2] == "done"
+    assert (out / "a.safetensors").stat().st_mtime_ns != before
 
 
 def test_a_config_that_fails_its_check_stops_the_queue_before_anything_trains(assets, tmp_path, capsys):
