@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from sd_train.options.dataset import DatasetOptions
-from sd_train.options.workflow import EmaOptions
 from sd_train.options.logging import LoggingOptions
 from sd_train.options.model import ModelOptions
 from sd_train.options.network import NetworkOptions
@@ -21,6 +20,7 @@ from sd_train.options.optimizer import OptimizerOptions
 from sd_train.options.sampling import SamplingOptions
 from sd_train.options.saving import SavingOptions
 from sd_train.options.training import TrainingOptions
+from sd_train.options.workflow import EmaOptions
 
 GROUPS: dict[str, type] = {
     "model": ModelOptions,
