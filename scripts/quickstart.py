@@ -37,11 +37,11 @@ def render(out: Path, lora: Path) -> Path:
     """Load the checkpoint with the LoRA applied and render one 64×64 image with Euler."""
     import torch
 
-    from sd_train.families.sdxl import SdxlFamily
+    from sd_train.families import family_class
     from sd_train.network_host import NetworkHost
     from sd_train.sampling import SamplePrompt, generate
 
-    family = SdxlFamily()
+    family = family_class("sdxl")()
     models = family.load(str(out / "tiny_sdxl.safetensors"))
     host = NetworkHost.load("networks.lora")
     network, weights = host.create_from_weights(1.0, str(lora), models.vae, models.text_encoders,

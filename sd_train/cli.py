@@ -16,12 +16,13 @@ from typing import Any
 from library.errors import UserError
 from sd_train import config_io
 from sd_train.compat import GUI_ONLY_KEYS, check_unsupported
+from sd_train.families import ENTRIES, family_class
 from sd_train.options import TrainOptions, option_fields
 from sd_train.options.rules import normalize, validate
 
 logger = logging.getLogger(__name__)
 
-PROGS = {"sd": "train_network.py", "sdxl": "sdxl_train_network.py"}
+PROGS = {entry: cls.script() for entry, cls in ENTRIES.items()}
 NEVER_WRITTEN = ("config_file", "output_config", "config_skip", "wandb_api_key", "huggingface_token", "debug")
 _ACCEPTED = {str: (str,), int: (int, str), float: (int, float, str)}
 _HINT_SPREAD = 0.1
@@ -37,11 +38,6 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}", exit_code=2)
 
 
-def _check_entry(entry: str) -> None:
-    if entry not in PROGS:
-        raise ValueError(f"entry must be 'sd' or 'sdxl', not {entry!r}")
-
-
 def build_parser(entry: str, *, suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """Build the argparse parser of one entry point from the option fields.
 
@@ -52,8 +48,7 @@ def build_parser(entry: str, *, suppress_defaults: bool = False) -> argparse.Arg
     Returns:
         The parser (``allow_abbrev`` on, as kohya).
     """
-    _check_entry(entry)
-    parser = _Parser(prog=PROGS[entry], allow_abbrev=True,
+    parser = _Parser(prog=family_class(entry).script(), allow_abbrev=True,
                      argument_default=argparse.SUPPRESS if suppress_defaults else None)
     for _, f in option_fields(entry):
         meta = f.metadata
@@ -95,9 +90,10 @@ def _unknown_key(key: str, where: str, entry: str) -> UserError:
     if key in GUI_ONLY_KEYS:
         return UserError(f"{where}: key '{key}' is a kohya_ss GUI setting, not a training option: "
                          f"{GUI_ONLY_KEYS[key]}")
-    if key in {f.name for _, f in option_fields("sdxl")}:
-        return UserError(f"{where}: key '{key}' is only valid for {PROGS['sdxl']}")
-    names = sorted({f.name for _, f in option_fields("sdxl")} - {"debug"})
+    owners = [e for e in ENTRIES if e != entry and key in {f.name for _, f in option_fields(e)}]
+    if owners:
+        return UserError(f"{where}: key '{key}' is only valid for {PROGS[owners[0]]}")
+    names = sorted({f.name for _, f in option_fields()} - {"debug"})
     hints = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
     best = difflib.SequenceMatcher(None, key, hints[0]).ratio() if hints else 0.0
     # sd-train: of difflib's matches, only those nearly as close as the best one are offered
@@ -157,7 +153,8 @@ def load_config_file(path: str, entry: str, skip: str | None = None) -> dict[str
     path = config_io.config_path(path)
     fields = {f.name: f for _, f in option_fields(entry)}
     values = {}
-    for key, (value, where) in _flatten(config_io.read_config(path, entry, skip), path).items():
+    doc = config_io.read_config(path, entry, skip, build_parser(entry, suppress_defaults=True).parse_args)
+    for key, (value, where) in _flatten(doc, path).items():
         if key not in fields or key == "debug":
             raise _unknown_key(key, where, entry)
         values[key] = convert_value(fields[key], value, f"{where}: key '{key}'")
@@ -178,7 +175,7 @@ def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
     Raises:
         UserError: Any usage error (exit 2), or a missing config file (exit 1).
     """
-    _check_entry(entry)
+    family_class(entry)  # ValueError for an unknown entry
     given = vars(build_parser(entry, suppress_defaults=True).parse_args(argv))
     values = {f.name: f.default for _, f in option_fields(entry)}
     if given.get("output_config") and not config_io.is_preset_file(given.get("config_file")):

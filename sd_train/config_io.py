@@ -86,7 +86,7 @@ def drop_skipped(doc: dict, skip: list[str], path: str) -> dict:
     return kept
 
 
-def read_config(path: str, entry: str, skip: str | None = None) -> dict:
+def read_config(path: str, entry: str, skip: str | None, parse_args) -> dict:
     """The keys a config file gives: the file less ``--config_skip`` keys; a kohya_ss GUI preset comes
     back already mapped to flag names (:func:`sd_train.gui_preset.preset_flags`).
 
@@ -94,9 +94,10 @@ def read_config(path: str, entry: str, skip: str | None = None) -> dict:
         path: The file (see :func:`config_path`).
         entry: ``"sd"`` or ``"sdxl"`` (a GUI preset says which script it is for).
         skip: ``--config_skip`` value, comma-separated keys of the file.
+        parse_args: The entry point's ``parse_args`` (defaults suppressed), for a preset's extra flags.
     """
     doc = drop_skipped(read_document(path), parse_skip(skip), path)
-    return gui_preset.preset_flags(doc, entry, path) if gui_preset.is_gui_preset(doc) else doc
+    return gui_preset.preset_flags(doc, entry, path, parse_args) if gui_preset.is_gui_preset(doc) else doc
 
 
 def is_preset_file(path: str | None) -> bool:

@@ -5,17 +5,6 @@ from __future__ import annotations
 import sys
 
 
-def family_class(entry: str):
-    """The model-family class of an entry point: ``SdxlFamily`` for ``"sdxl"``, else ``SdFamily``."""
-    if entry == "sdxl":
-        from sd_train.families.sdxl import SdxlFamily
-
-        return SdxlFamily
-    from sd_train.families.sd import SdFamily
-
-    return SdFamily
-
-
 def entry_point(entry: str, argv: list[str] | None) -> int:
     """Run ``train_network.py`` (``entry="sd"``) or ``sdxl_train_network.py`` (``"sdxl"``).
 
@@ -29,6 +18,7 @@ def entry_point(entry: str, argv: list[str] | None) -> int:
     from library.errors import run_cli
 
     def _main(args: list[str]) -> int:
+        from sd_train.families import family_class
         from sd_train.trainer import run
 
         return run(family_class(entry), args, entry)

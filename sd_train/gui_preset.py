@@ -16,6 +16,8 @@ import shlex
 from typing import Any
 
 from library.errors import UserError
+from library.models.families import FAMILIES, family_from_flags
+from sd_train.families import family_class
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +88,26 @@ _ACCELERATE = {"num_cpu_threads_per_process", "num_processes", "num_machines", "
 _GUI_ONLY = {"model_list", "training_preset", "save_as_bool", "lowvram", "no_token_padding", "train_inpainting",
              "conv_dims", "conv_alphas"}
 _CONSUMED = {  # read by the mapping below, never passed on under their own name
-    MARKER, "sdxl", "xformers", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "noise_offset_type",
+    MARKER, "xformers", "sdxl_no_half_vae", "sdxl_cache_text_encoder_outputs", "noise_offset_type",
     "noise_offset", "adaptive_noise_scale", "noise_offset_random_strength", "multires_noise_iterations",
     "multires_noise_discount", "text_encoder_lr", "unet_lr", "lr_warmup", "lr_warmup_steps", "optimizer_args",
     "lr_scheduler_args", "epoch", "stop_text_encoder_training", "additional_parameters", "wandb_run_name",
     "sample_prompts", "stop_text_encoder_training_pct", "use_wandb", "use_8bit_adam", "loraplus_lr_ratio",
     "loraplus_unet_lr_ratio",
-    "loraplus_text_encoder_lr_ratio", *_LYCORIS_DEFAULTS, *_KOHYA_ARGS}
+    "loraplus_text_encoder_lr_ratio", *_LYCORIS_DEFAULTS, *_KOHYA_ARGS, *(s.tool_flag for s in FAMILIES.values())}
 
 
 def is_gui_preset(doc: dict) -> bool:
     """A kohya_ss GUI LoRA preset: a JSON object with ``LoRA_type``."""
     return MARKER in doc
+
+
+def preset_family(doc: dict):
+    """The :class:`FamilySpec` the preset's model checkboxes (``v2``, ``sdxl``) select; ``None`` without any."""
+    flags = {s.tool_flag for s in FAMILIES.values()}
+    if not flags & set(doc):
+        return None
+    return family_from_flags(**{k: doc[k] in (True, "True", "true") for k in flags & set(doc)})
 
 
 def _is_set(value: Any) -> bool:
@@ -179,7 +189,7 @@ def _derived(doc: dict, entry: str, path: str) -> dict[str, Any]:
     out.update({k: doc.get(k) for k in names})
     if doc.get("xformers") in (True, "xformers", "sdpa"):
         out["sdpa" if doc["xformers"] == "sdpa" else "xformers"] = True
-    if entry == "sdxl":
+    if family_class(entry).takes_sdxl_only_flags:  # the GUI writes these only for SDXL
         out.update(no_half_vae=doc.get("sdxl_no_half_vae"), cache_text_encoder_outputs=doc.get(
             "sdxl_cache_text_encoder_outputs"))
     if doc.get("use_wandb") in (True, "True") and not doc.get("log_with"):
@@ -202,13 +212,11 @@ def _run_length(doc: dict, out: dict, path: str) -> bool:
     return True
 
 
-def _extra_flags(doc: dict, entry: str, path: str) -> dict[str, Any]:
+def _extra_flags(doc: dict, path: str, parse_args) -> dict[str, Any]:
     """``additional_parameters``: extra command-line flags the GUI appends after ``--config_file``."""
-    from sd_train.cli import build_parser
-
     text = str(doc.get("additional_parameters") or "")
     try:
-        return vars(build_parser(entry, suppress_defaults=True).parse_args(shlex.split(text)))
+        return vars(parse_args(shlex.split(text)))
     except (UserError, ValueError) as exc:
         raise UserError(f"{path}: additional_parameters {text!r}: {exc}") from None
 
@@ -233,13 +241,14 @@ def _not_used(doc: dict, epoch_used: bool, sample_file: bool) -> list[str]:
     return notes
 
 
-def preset_flags(doc: dict, entry: str, path: str) -> dict[str, Any]:
+def preset_flags(doc: dict, entry: str, path: str, parse_args) -> dict[str, Any]:
     """Map a kohya_ss GUI LoRA preset to ``{flag: value}`` as the GUI's LoRA tab would run it.
 
     Args:
         doc: The preset (``--config_skip`` keys already removed).
         entry: ``"sd"`` or ``"sdxl"``; must match the preset's ``sdxl`` checkbox when it has one.
         path: The file (for messages).
+        parse_args: The entry point's argument parser (defaults suppressed) for ``additional_parameters``.
 
     Raises:
         UserError: another model family, a network sd-train does not ship, the wrong training script,
@@ -250,9 +259,9 @@ def preset_flags(doc: dict, entry: str, path: str) -> dict[str, Any]:
     for key, family in _OTHER_FAMILIES.items():
         if key.endswith("_checkbox") and doc.get(key) in (True, "True"):
             raise UserError(f"{path}: a kohya_ss {family} preset ({key}); sd-train trains SD 1.x/2.x and SDXL only")
-    if "sdxl" in doc and bool(doc["sdxl"]) != (entry == "sdxl"):
-        script = "sdxl_train_network.py" if doc["sdxl"] else "train_network.py"
-        raise UserError(f"{path}: this kohya_ss preset is for {script} (sdxl: {str(bool(doc['sdxl'])).lower()})")
+    spec = preset_family(doc)
+    if spec is not None and spec.trainer_script != family_class(entry).script():
+        raise UserError(f"{path}: this kohya_ss preset is for {spec.label} models; use {spec.trainer_script}")
     fields = {f.name: f for _, f in option_fields(entry)}
     out = {_RENAMED.get(k, k): v for k, v in doc.items() if k in _SAME or k in _RENAMED}
     out.update(_derived(doc, entry, path))
@@ -265,7 +274,7 @@ def preset_flags(doc: dict, entry: str, path: str) -> dict[str, Any]:
         value = _coerce(fields[flag], value, flag, path) if flag in fields and not isinstance(value, list) else value
         if _is_set(value) or (flag == "max_data_loader_n_workers" and value == 0):  # the GUI always writes it
             flags[flag] = value
-    flags.update(_extra_flags(doc, entry, path))
+    flags.update(_extra_flags(doc, path, parse_args))
     notes = _not_used(doc, epoch_used, "sample_prompts" in out)
     if notes:
         logger.warning("%s: kohya_ss GUI settings sd-train does not apply: %s", path, "; ".join(notes))

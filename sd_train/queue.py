@@ -23,7 +23,6 @@ from pathlib import Path
 from library.errors import UserError, first_line, run_cli
 
 RESULT_ENV = "SD_TRAIN_RESULT_FILE"  # the trainer writes its final loss there (see write_result)
-SCRIPTS = {"sd": "train_network", "sdxl": "sdxl_train_network"}
 logger = logging.getLogger(__name__)
 
 
@@ -32,7 +31,7 @@ class QueueItem:
     """One config of the queue and what became of it."""
 
     config: Path
-    entry: str = "sdxl"
+    entry: str = ""
     output: Path | None = None
     status: str = "not run"
     error: str = ""
@@ -69,34 +68,51 @@ def _is_dataset_config(path: Path) -> bool:
 
 
 def _model_family(model) -> str | None:
-    """``sd1``/``sd2``/``sdxl`` of a local checkpoint file or diffusers folder, from headers only."""
+    """Family name of a local checkpoint file or diffusers folder, from headers only (``None``: cannot tell)."""
     from library.checkpoint.diffusers_folder import folder_family
     from library.io.safetensors_io import read_header
-    from library.lora.convert import checkpoint_family
+    from library.models.detect import family_of_checkpoint
 
     try:
         if isinstance(model, str) and os.path.isdir(model):
             return folder_family(Path(model))
         if isinstance(model, str) and model.endswith(".safetensors") and os.path.isfile(model):
-            return checkpoint_family(read_header(model)[0])
+            return family_of_checkpoint(read_header(model)[0])
     except UserError:
         return None
     return None
 
 
+def _entry_of(spec) -> str:
+    """The trainer entry (``ENTRIES`` key) whose script trains the family ``spec``."""
+    from sd_train.families import ENTRIES
+
+    return next(e for e, cls in ENTRIES.items() if cls.script() == spec.trainer_script)
+
+
 def detect_entry(config: Path, choice: str) -> str:
-    """``sd`` or ``sdxl``: ``choice`` unless ``auto``; then a GUI preset's ``sdxl`` checkbox, else the family
-    of the config's local ``pretrained_model_name_or_path``, else ``sdxl``."""
+    """The entry point of a config: ``choice`` unless ``auto``; then a GUI preset's model checkboxes (``v2``,
+    ``sdxl``), else the family of the config's local ``pretrained_model_name_or_path``.
+
+    Raises:
+        UserError: neither tells (a hub id, a missing file): pass ``--entry``.
+    """
+    from library.models.families import family_spec
     from sd_train.config_io import read_document
-    from sd_train.gui_preset import is_gui_preset
+    from sd_train.gui_preset import is_gui_preset, preset_family
 
     if choice != "auto":
         return choice
     doc = read_document(str(config))
+    spec = preset_family(doc) if is_gui_preset(doc) else None
+    if spec is not None:
+        return _entry_of(spec)
     flat = {**{k: v for t in doc.values() if isinstance(t, dict) for k, v in t.items()}, **doc}
-    if is_gui_preset(doc) and "sdxl" in doc:
-        return "sdxl" if doc["sdxl"] else "sd"
-    return "sd" if _model_family(flat.get("pretrained_model_name_or_path")) in ("sd1", "sd2") else "sdxl"
+    family = _model_family(flat.get("pretrained_model_name_or_path"))
+    if family is None:
+        raise UserError(f"{config}: cannot tell the model family from pretrained_model_name_or_path (not a local "
+                        "checkpoint or diffusers folder); pass --entry")
+    return _entry_of(family_spec(family))
 
 
 def check_config(item: QueueItem) -> None:
@@ -105,7 +121,7 @@ def check_config(item: QueueItem) -> None:
     from library.dataset import CliDefaults, build_plan, prepare
     from sd_train import checkpointing, sampling
     from sd_train.cli import parse_options
-    from sd_train.entry import family_class
+    from sd_train.families import family_class
     from sd_train.network_host import NetworkHost
 
     opts = parse_options(["--config_file", str(item.config)], item.entry)
@@ -117,11 +133,11 @@ def check_config(item: QueueItem) -> None:
     if not s.output_dir:
         raise UserError("output_dir is not set (the queue needs it to find the run's output)")
     item.output = Path(s.output_dir) / checkpointing.model_file_name("final", s.output_name, s.save_model_as)
-    flat, family = opts.flat(), family_class(item.entry)
+    flat, family = opts.flat(), family_class(item.entry).spec_for(m.v2)
     defaults = CliDefaults(**{k: flat[k] for k in CliDefaults.__dataclass_fields__ if k in flat})
     d = opts.dataset
     prepare(build_plan(defaults), seed=opts.training.seed or 0, bucket_step_multiple=family.bucket_step_multiple,
-            is_sdxl=item.entry == "sdxl", latents_cached=d.cache_latents or d.cache_latents_to_disk)
+            latents_cached=d.cache_latents or d.cache_latents_to_disk)
     NetworkHost.load(opts.network.network_module or "networks.lora")
     if opts.sampling.sample_prompts:
         sampling.load_prompts(opts.sampling.sample_prompts)
@@ -140,8 +156,11 @@ def run_item(item: QueueItem, index: int, log_dir: Path) -> None:
     item.log = log_dir / f"{index:02d}_{item.config.stem}.log"
     result = log_dir / f"{index:02d}_{item.config.stem}.result.json"
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", f"sd_train.{SCRIPTS[item.entry]}", "--config_file", str(item.config)]
-    print(f"[{index}] {item.config}: training ({SCRIPTS[item.entry]}), log {item.log}", flush=True)
+    from sd_train.families import family_class
+
+    script = Path(family_class(item.entry).script()).stem
+    cmd = [sys.executable, "-m", f"sd_train.{script}", "--config_file", str(item.config)]
+    print(f"[{index}] {item.config}: training ({script}), log {item.log}", flush=True)
     start = time.monotonic()
     with open(item.log, "w", encoding="utf-8") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, RESULT_ENV: str(result)})
@@ -190,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "each in its own process.")
     p.add_argument("configs", nargs="+", metavar="CONFIG_OR_FOLDER",
                    help="training TOML/JSON files, or folders whose .toml/.json configs run in name order")
-    p.add_argument("--entry", choices=("auto", "sd", "sdxl"), default="auto",
+    from sd_train.families import ENTRIES
+
+    p.add_argument("--entry", choices=("auto", *ENTRIES), default="auto",
                    help="training script: sd = train_network, sdxl = sdxl_train_network; auto reads the "
-                        "preset's sdxl checkbox or the checkpoint (default)")
+                        "preset's model checkboxes or the checkpoint (default)")
     p.add_argument("--continue_on_error", action="store_true",
                    help="go on with the next config after a config fails its check or its run")
     p.add_argument("--dry_run", action="store_true", help="check every config (no model loads), train nothing")

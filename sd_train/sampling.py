@@ -15,19 +15,10 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError, first_line
+from library.models.schedulers import SCHEDULERS, make_scheduler  # noqa: F401  (re-exported)
 from sd_train.ema import sampling_weights
 
 logger = logging.getLogger(__name__)
-SCHEDULERS = {  # kohya sampler name -> diffusers class (ddim is the fallback, kohya-compat)
-    "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
-    "k_lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler",
-    "k_euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-    "k_euler_a": "EulerAncestralDiscreteScheduler", "dpmsolver": "DPMSolverMultistepScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler", "dpmsingle": "DPMSolverSinglestepScheduler",
-    "heun": "HeunDiscreteScheduler", "dpm_2": "KDPM2DiscreteScheduler",
-    "k_dpm_2": "KDPM2DiscreteScheduler", "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-    "k_dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-}
 
 
 @dataclass(frozen=True)
@@ -110,19 +101,6 @@ def _parse_prompts(path: str, text: str) -> tuple[list[SamplePrompt], set[str]]:
         return [from_dict({**base, **sub}) for sub in doc.get("subset", [])], ignored
     lines = [ln.strip() for ln in text.splitlines()]
     return [parse_prompt_line(ln) for ln in lines if ln and not ln.startswith("#")], ignored
-
-
-def make_scheduler(name: str | None, v_parameterization: bool):
-    """diffusers scheduler for a kohya sampler name, configured with the training schedule."""
-    import diffusers
-
-    cls = getattr(diffusers, SCHEDULERS.get((name or "ddim").lower(), "DDIMScheduler"))
-    kwargs = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-              "beta_schedule": "scaled_linear",
-              "prediction_type": "v_prediction" if v_parameterization else "epsilon"}
-    if "dpmsolver++" == (name or "").lower():
-        kwargs["algorithm_type"] = "dpmsolver++"
-    return cls(**kwargs)
 
 
 def sampler_for(p: SamplePrompt, option: str | None, family) -> str:

@@ -28,7 +28,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import checkpointing, ema, metadata, objective, optim, preservation, resume, sampling, tracking
+from sd_train import checkpointing, class_images, ema, metadata, objective, optim, preservation, resume, sampling
+from sd_train import tracking
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -66,6 +67,7 @@ class Trainer:
     def setup(self) -> bool:
         """Build everything in kohya's order (TRAINING.md §1 steps 2–9); False after --debug_dataset."""
         self._seed()
+        class_images.fill_reg_subsets(self)  # --generate_class_images: before the dataset scan
         if not self._setup_data():
             return False
         self._setup_accelerator()
@@ -98,7 +100,7 @@ class Trainer:
         flat, s = self.opts.flat(), self.opts.saving
         defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
         d = self.opts.dataset
-        self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
+        self.prepared = prepare(build_plan(defaults), seed=self.seed,
                                 bucket_step_multiple=self.family.bucket_step_multiple,
                                 latents_cached=d.cache_latents or d.cache_latents_to_disk)
         if self.opts.sampling.sample_prompts:
@@ -143,7 +145,7 @@ class Trainer:
             te.to(device, self.weight_dtype if device.type != "cpu" else torch.float32)
         # torch's own to(): diffusers' override warns about fp32-kept modules even when it has none
         torch.nn.Module.to(vae, device, torch.float32 if m.no_half_vae else self.weight_dtype)
-        show, tag = self.accelerator.is_local_main_process, "sdxl" if self.family.name == "sdxl" else "sd"
+        show, tag = self.accelerator.is_local_main_process, self.family.spec.latent_cache_tag
         for ds in filter(None, (self.dataset, self.val_dataset)):
             if d.cache_latents or d.cache_latents_to_disk:
                 latent_cache.cache_latents(
@@ -381,7 +383,7 @@ class Trainer:
 
 
 def run(family_cls, argv: list[str] | None, entry: str) -> int:
-    """Parse options (``entry`` = ``"sd"`` | ``"sdxl"``), then set up and train; returns 0."""
+    """Parse options (``entry``: a key of ``sd_train.families.ENTRIES``), then set up and train; returns 0."""
     options = parse_options(argv, entry)
     log = options.logging
     setup_logging(log.console_log_level, log.console_log_file, log.console_log_simple)

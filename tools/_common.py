@@ -11,11 +11,11 @@ import torch
 
 from library.errors import UserError
 from library.lora.file import DTYPES
+from library.models.families import family_spec
 
 PRECISIONS = ("float", "fp16", "bf16")
 _MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
                  "ss_network_args")
-_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
 
 
 def add_common(parser: argparse.ArgumentParser, device: bool = True) -> None:
@@ -99,7 +99,7 @@ def lora_metadata(base: Mapping[str, str], save_to: str, inputs: list[str], fami
     meta.pop("sshs_legacy_hash", None)
     meta.setdefault("modelspec.sai_model_spec", "1.0.1")
     if family and "modelspec.architecture" not in meta:
-        meta["modelspec.architecture"] = _ARCH[family] + "/lora"
+        meta["modelspec.architecture"] = family_spec(family).modelspec_architecture(False) + "/lora"
     meta["modelspec.title"] = Path(save_to).stem
     meta["modelspec.date"] = datetime.datetime.now().replace(microsecond=0).isoformat()
     meta["modelspec.merged_from"] = ", ".join(Path(p).stem for p in inputs)

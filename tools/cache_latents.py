@@ -25,6 +25,7 @@ from library.dataset.dataset import BucketBatchDataset
 from library.dataset.plan import build_plan
 from library.dataset.prepare import prepare
 from library.errors import run_cli
+from library.models.families import FamilySpec, family_from_flags, family_spec
 
 logger = logging.getLogger(__name__)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # --mixed_precision -> weight dtype
@@ -82,6 +83,11 @@ def setup_parser(description: str = __doc__) -> argparse.ArgumentParser:
     return parser
 
 
+def _family(args: argparse.Namespace) -> FamilySpec:
+    """The family ``--sdxl`` / ``--v2`` name (SD1 without either)."""
+    return family_from_flags(sdxl=args.sdxl, v2=args.v2)
+
+
 def seeds(args: argparse.Namespace) -> tuple[int, int]:
     """``(seed, dataset_seed)`` drawn as the trainer does (random seed when ``--seed`` is unset)."""
     seed = random.randint(0, 2**32 - 1) if args.seed is None else args.seed
@@ -93,7 +99,7 @@ def build_datasets(args: argparse.Namespace, seed: int, dataset_seed: int) -> li
     """The training (and validation, if split) datasets of the flags, planned and bucketed like training."""
     values = vars(args)
     defaults = CliDefaults(**{f.name: values[f.name] for f in fields(CliDefaults)})
-    prepared = prepare(build_plan(defaults), seed=seed, is_sdxl=args.sdxl, bucket_step_multiple=32 if args.sdxl else 64,
+    prepared = prepare(build_plan(defaults), seed=seed, bucket_step_multiple=_family(args).bucket_step_multiple,
                        latents_cached=True)
     print(prepared.format_report())
     sets = [prepared.train] + ([prepared.validation] if prepared.validation else [])
@@ -104,8 +110,7 @@ def load(args: argparse.Namespace):
     """``(LoadedModels, device, weight dtype)``; a checkpoint of another family is a UserError."""
     from library.checkpoint.io import load_models
 
-    family = "sdxl" if args.sdxl else "sd2" if args.v2 else "sd"
-    models = load_models(args.pretrained_model_name_or_path, expected_family=family, v2=args.v2,
+    models = load_models(args.pretrained_model_name_or_path, expected_family=_family(args).name, v2=args.v2,
                          vae_path=args.vae)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return models, device, DTYPES.get(args.mixed_precision, torch.float32)
@@ -132,7 +137,7 @@ def cache_all_latents(args: argparse.Namespace) -> int:
     vae = models.vae.requires_grad_(False).eval()
     vae.to(device, torch.float32 if args.no_half_vae else dtype)
     encode = latent_encoder(vae, device, torch.Generator().manual_seed(seed))
-    tag = "sdxl" if models.family == "sdxl" else "sd"
+    tag = family_spec(models.family).latent_cache_tag
     count = 0
     for ds in datasets:
         count += latent_cache.cache_latents(ds, encode, batch_size=args.vae_batch_size or 1, to_disk=True,

@@ -15,6 +15,7 @@ import sys
 
 from library.dataset import CliDefaults, build_plan, prepare
 from library.errors import run_cli
+from library.models.families import family_from_flags
 
 
 def _flag_type(default):
@@ -52,8 +53,8 @@ def main(argv=None) -> int:
     names = {f.name for f in dataclasses.fields(CliDefaults)}
     defaults = CliDefaults(**{k: v for k, v in vars(args).items() if k in names})
     plan = build_plan(defaults)
-    data = prepare(plan, seed=args.seed, bucket_step_multiple=32 if args.sdxl else 64,
-                   is_sdxl=args.sdxl, latents_cached=args.cache_latents)
+    data = prepare(plan, seed=args.seed, bucket_step_multiple=family_from_flags(sdxl=args.sdxl).bucket_step_multiple,
+                   latents_cached=args.cache_latents)
     if args.json:
         print(json.dumps(data.report(), indent=1))
     else:

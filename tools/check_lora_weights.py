@@ -16,8 +16,8 @@ from library.errors import run_cli
 from library.lora.convert import is_network_target, te_name_set, unet_name_table
 from library.lora.file import load_tensors, read_lora
 from library.lora.algebra import delta_weight, lora_scale
-
-_TE_LAYERS = {"sd1": {"lora_te": 12}, "sd2": {"lora_te": 24}, "sdxl": {"lora_te1": 12, "lora_te2": 32}}
+from library.models.detect import LORA_FIT_ORDER
+from library.models.families import family_spec
 
 
 def setup_parser() -> argparse.ArgumentParser:
@@ -32,12 +32,13 @@ def setup_parser() -> argparse.ArgumentParser:
 def family_names(family: str) -> set[str]:
     """Every module name ``networks.lora`` can create for a family (conv modules included)."""
     unet = {n for n, d in unet_name_table(family).items() if is_network_target(d, conv=True)}
-    return unet | te_name_set(family, _TE_LAYERS[family])
+    layers = {slot.lora_prefix: slot.lora_layers for slot in family_spec(family).text_encoders}
+    return unet | te_name_set(family, layers)
 
 
 def best_fit(names: set[str]) -> tuple[str, list[str]]:
     """``(family, unmatched names)`` for the family whose name set covers the most modules."""
-    fits = {fam: sorted(names - family_names(fam)) for fam in ("sdxl", "sd1", "sd2")}
+    fits = {spec.name: sorted(names - family_names(spec.name)) for spec in LORA_FIT_ORDER}
     fam = min(fits, key=lambda f: len(fits[f]))
     return fam, fits[fam]
 

@@ -22,6 +22,7 @@ from library.lora.algebra import delta_weight, lora_scale
 from library.lora.svd import concat_merge, shuffle_ranks
 from library.io.safetensors_io import atomic_path, read_header
 from library.io.safetensors_stream import write_streaming
+from library.models.families import family_spec, flagged_families
 from tools._common import (PRECISIONS, add_common, add_lbws, check_ratios, common_value, device_of, dtype_of,
                            lora_metadata, parse_lbws, progress, progress_bar)
 
@@ -57,7 +58,8 @@ def plan_targets(loras, ratios, lbws, shapes, family) -> dict[str, list]:
     for lf, ratio, lbw in zip(loras, ratios, lbws):
         missing = [n for n in lf.modules if n not in targets]
         fam = lora_family(lf.modules, {n: tuple(m[0].shape) for n, m in lf.modules.items()}, lf.metadata)
-        other = (fam == "sdxl") != (family == "sdxl") and (fam == "sdxl" or any(n.startswith("lora_te_") for n in lf.modules))
+        sgm = family_spec(fam).sgm_unet  # an SGM-named LoRA on a diffusers-named base, or the reverse
+        other = sgm != family_spec(family).sgm_unet and (sgm or any(n.startswith("lora_te_") for n in lf.modules))
         if len(missing) == len(lf.modules) or other:
             raise UserError(f"{lf.path}: the LoRA does not fit the {family} checkpoint ({len(missing)} of "
                             f"{len(lf.modules)} modules unmatched; it looks like {fam}); use a LoRA trained for this model")
@@ -104,8 +106,9 @@ def merge_into_checkpoint(args, loras, ratios, lbws) -> int:
         whole, base_meta = load_tensors(args.sd_model)
         shapes, dtypes = {k: tuple(v.shape) for k, v in whole.items()}, {k: v.dtype for k, v in whole.items()}
     family = checkpoint_family(shapes)
-    if (args.sdxl and family != "sdxl") or (args.v2 and family != "sd2"):
-        raise UserError(f"{args.sd_model}: this checkpoint is {family}, not {'sdxl' if args.sdxl else 'sd2'}; drop --sdxl/--v2")
+    flagged = flagged_families(sdxl=args.sdxl, v2=args.v2)
+    if any(s.name != family for s in flagged):
+        raise UserError(f"{args.sd_model}: this checkpoint is {family}, not {flagged[0].name}; drop --sdxl/--v2")
     per_key = plan_targets(loras, ratios, lbws, shapes, family)
     out_dtype = {k: (save if save is not None and d.is_floating_point else d) for k, d in dtypes.items()}
     meta = dict(base_meta)
@@ -113,8 +116,7 @@ def merge_into_checkpoint(args, loras, ratios, lbws) -> int:
         Path(p).stem for p in [args.sd_model, *args.models]),
         "modelspec.date": datetime.datetime.now().replace(microsecond=0).isoformat()})
     meta.setdefault("modelspec.sai_model_spec", "1.0.1")
-    meta.setdefault("modelspec.architecture", {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
-                                               "sdxl": "stable-diffusion-xl-v1-base"}[family])
+    meta.setdefault("modelspec.architecture", family_spec(family).modelspec_architecture(False))
     meta["modelspec.implementation"] = "https://github.com/Stability-AI/generative-models"
     bar = progress_bar(len(shapes), "merging")
 

@@ -11,13 +11,15 @@ import difflib
 import os
 from dataclasses import dataclass
 
+from library.dataset.captions import CAPTION_RULES, add_caption_fields
 from library.dataset.specs import DatasetSpec, SubsetSpec
 
 
-
 @dataclass
+@add_caption_fields(after="cache_info")
 class CliDefaults:
-    """Command-line fallback values, named exactly like the kohya flags (CLI.md §5.2)."""
+    """Command-line fallback values, named exactly like the kohya flags (CLI.md §5.2); the caption rules'
+    fields are generated from ``library.dataset.captions.CAPTION_RULES``."""
 
     train_data_dir: str | None = None
     reg_data_dir: str | None = None
@@ -34,19 +36,6 @@ class CliDefaults:
     caption_extension: str = ".caption"
     caption_extention: str | None = None
     cache_info: bool = False
-    shuffle_caption: bool = False
-    caption_separator: str = ","
-    keep_tokens: int = 0
-    keep_tokens_separator: str = ""
-    secondary_separator: str | None = None
-    enable_wildcard: bool = False
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    caption_dropout_rate: float = 0.0
-    caption_dropout_every_n_epochs: int = 0
-    caption_tag_dropout_rate: float = 0.0
-    token_warmup_min: int = 1
-    token_warmup_step: float = 0
     color_aug: bool = False
     flip_aug: bool = False
     face_crop_aug_range: str | None = None
@@ -61,7 +50,8 @@ class CliDefaults:
     max_train_steps: int = 1600
 
 
-# key -> (type name, levels among "GDS", kinds among "DB"/"FT"/"CN" or "all", built-in default)
+# key -> (type name, levels among "GDS", kinds among "DB"/"FT"/"CN" or "all", built-in default);
+# the caption rules come from CAPTION_RULES (every kind)
 SCHEMA: dict[str, tuple[str, str, str, object]] = {
     "batch_size": ("int", "GD", "all", 1),
     "resolution": ("reso", "GD", "all", None),
@@ -75,23 +65,11 @@ SCHEMA: dict[str, tuple[str, str, str, object]] = {
     "validation_seed": ("int", "GD", "all", None),
     "resize_interpolation": ("str", "GDS", "all", None),
     "num_repeats": ("int", "GDS", "all", 1),
-    "shuffle_caption": ("bool", "GDS", "all", False),
-    "caption_separator": ("str", "GDS", "all", ","),
-    "keep_tokens": ("int", "GDS", "all", 0),
-    "keep_tokens_separator": ("str", "GDS", "all", ""),
-    "secondary_separator": ("str", "GDS", "all", None),
-    "enable_wildcard": ("bool", "GDS", "all", False),
-    "caption_prefix": ("str", "GDS", "all", None),
-    "caption_suffix": ("str", "GDS", "all", None),
+    **{rule.name: (rule.toml_type, rule.levels, "all", rule.default) for rule in CAPTION_RULES},
     "color_aug": ("bool", "GDS", "all", False),
     "flip_aug": ("bool", "GDS", "all", False),
     "random_crop": ("bool", "GDS", "all", False),
     "face_crop_aug_range": ("pair", "GDS", "all", None),
-    "token_warmup_min": ("int", "GDS", "all", 1),
-    "token_warmup_step": ("num", "GDS", "all", 0),
-    "caption_dropout_rate": ("num", "GDS", "all", 0.0),
-    "caption_dropout_every_n_epochs": ("int", "GDS", "all", 0),
-    "caption_tag_dropout_rate": ("num", "GDS", "all", 0.0),
     "custom_attributes": ("table", "GDS", "all", None),
     "caption_extension": ("str", "GDS", "DB CN", ".caption"),
     "cache_info": ("bool", "GDS", "DB CN", False),

@@ -17,7 +17,7 @@ import torch
 from library.dataset import images as im
 from library.dataset.buckets import crop_ltrb, crop_top_left
 from library.dataset.captions import process_caption
-from library.errors import UserError
+from library.dataset.latent_cache import load_record_latents
 
 
 class BucketBatchDataset(torch.utils.data.Dataset):
@@ -120,8 +120,6 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         return item
 
     def _fill_latents(self, item: dict, rec, flipped: bool, want_alpha: bool) -> None:
-        from library.dataset.latent_cache import load_record_latents
-
         latents, latents_flipped, alpha, original, ltrb = load_record_latents(rec)
         if latents_flipped is None:  # cached without flipped latents: no flip
             flipped = item["flipped"] = False
@@ -131,9 +129,9 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         item["original"], item["ltrb"] = original, ltrb
 
     def _fill_image(self, item: dict, ds, rec, sub, rng: random.Random, flipped: bool) -> None:
-        arr, original, ltrb = load_sample_array(ds.spec, rec, sub, rng)
+        arr, original, ltrb = im.load_sample_array(ds.spec, rec, sub, rng)
         if rec.cond_path:
-            cond, _, _ = load_sample_array(ds.spec, rec, sub, None, path=rec.cond_path)
+            cond, _, _ = im.load_sample_array(ds.spec, rec, sub, None, path=rec.cond_path)
             item["mask"] = torch.from_numpy(np.ascontiguousarray(cond[..., 0])).float() / 255
         elif sub.alpha_mask:
             item["mask"] = im.alpha_of(arr)
@@ -178,40 +176,6 @@ class BucketBatchDataset(torch.utils.data.Dataset):
             outs = [it["rec"].te_outputs for it in items]
             out["text_encoder_outputs"] = tuple(torch.stack([o[j] for o in outs]) for j in range(3))
         return out
-
-
-def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | None = None):
-    """Decode, resize and trim one image to its bucket.
-
-    Args:
-        spec: the dataset spec (bucketing on/off, resolution, interpolation).
-        rec: the image record.
-        sub: its subset spec (alpha, random_crop, face crop).
-        rng: the sample generator for random crops (None: centred trim).
-        path: decode this file instead (conditioning image), same geometry.
-
-    Returns:
-        ``(array (H, W, C) uint8, original size (w, h), letterbox ltrb or None)``.
-    """
-    arr = im.load_image(path or rec.path, keep_alpha=sub.alpha_mask and path is None)
-    interp = sub.resize_interpolation or spec.resize_interpolation
-    if spec.enable_bucket:
-        arr = im.resize(arr, rec.resized, interp)
-        arr, _ = im.trim(arr, rec.bucket, rng if sub.random_crop else None)
-        return arr, rec.size, crop_ltrb(rec.bucket, rec.size)
-    width, height = spec.resolution
-    if rec.face and sub.face_crop_aug_range and rng is not None:
-        arr = im.face_crop(arr, rec.face, (width, height), sub.face_crop_aug_range, rng,
-                           sub.random_crop)
-    elif arr.shape[0] > height or arr.shape[1] > width:
-        if not sub.random_crop or rng is None:
-            raise UserError(f"{rec.path}: image too large, but cropping and bucketing are "
-                            "disabled; enable_bucket or random_crop, or resize the image")
-        arr, _ = im.trim(arr, (width, height), rng)
-    if arr.shape[:2] != (height, width):
-        raise UserError(f"{rec.path}: image is {arr.shape[1]}x{arr.shape[0]}, smaller than "
-                        f"resolution {width}x{height}; enable_bucket or resize it")
-    return arr, (arr.shape[1], arr.shape[0]), None
 
 
 def collate_first(batch: list[dict]) -> dict:

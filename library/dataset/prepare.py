@@ -229,13 +229,10 @@ class PreparedData:
         train: prepared training datasets (one per plan dataset).
         validation: validation twins (possibly empty).
         warnings: every warning of plan and scan, in order.
-        is_sdxl: the model family given to :func:`prepare`.
     """
 
-    def __init__(self, plan: DatasetPlan, train: list, validation: list, warnings: list[str],
-                 is_sdxl: bool = False):
+    def __init__(self, plan: DatasetPlan, train: list, validation: list, warnings: list[str]):
         self.plan = plan
-        self.is_sdxl = is_sdxl
         self.train = train
         self.validation = validation
         self.warnings = warnings
@@ -286,14 +283,15 @@ class PreparedData:
 
 
 def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
-            is_sdxl: bool, latents_cached: bool = False) -> PreparedData:
+            is_sdxl: bool | None = None, latents_cached: bool = False) -> PreparedData:
     """Scan, check, split, balance and bucket every dataset of ``plan`` (no model needed).
 
     Args:
         plan: from ``build_plan``.
         seed: the run seed (validation split fallback seed).
         bucket_step_multiple: 32 for SDXL, 64 for SD1/2.
-        is_sdxl: the model family (kept on the result for cache file names).
+        is_sdxl: accepted from older callers and ignored: nothing in the pre-pass depends on the family
+            beyond ``bucket_step_multiple`` (cache file names take the family's tag in ``cache_latents``).
         latents_cached: latents will be cached (images are then resized to fit, even without bucketing).
 
     Raises:
@@ -311,4 +309,4 @@ def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
         warnings += ds.warnings
         if vds is not None:
             validation.append(vds)
-    return PreparedData(plan, train, validation, warnings, is_sdxl)
+    return PreparedData(plan, train, validation, warnings)

@@ -24,11 +24,6 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 _PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
             r"|[^\s\p{L}\p{N}]+")
-_KOHYA_DIRS = {  # kohya-compat: folder names kohya writes under --tokenizer_cache_dir
-    "clip_l": ("openai_clip-vit-large-patch14",),
-    "openclip_bigg": ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k",),
-    "sd2": ("stabilityai_stable-diffusion-2/tokenizer", "stabilityai_stable-diffusion-2"),
-}
 
 
 def byte_unicode_table() -> dict[int, str]:
@@ -85,16 +80,19 @@ def resolve_tokenizer_dir(cache_dir: str | os.PathLike | None, kind: str) -> Pat
 
     Args:
         cache_dir: The cache folder, or ``None``.
-        kind: ``"clip_l"``, ``"openclip_bigg"`` or ``"sd2"``.
+        kind: a family's tokenizer kind (``TextEncoderSlot.tokenizer``: ``"clip_l"``, ``"openclip_bigg"`` …).
 
     Returns:
         The folder holding ``vocab.json`` and ``merges.txt``, or ``None`` when there is none.
     """
-    if kind not in _KOHYA_DIRS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; use one of {sorted(_KOHYA_DIRS)}")
+    from library.models.families import kohya_tokenizer_dirs
+
+    dirs = kohya_tokenizer_dirs()
+    if kind not in dirs:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; use one of {sorted(dirs)}")
     if cache_dir is None:
         return None
-    for sub in _KOHYA_DIRS[kind]:
+    for sub in dirs[kind]:
         folder = Path(cache_dir) / sub
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             return folder

@@ -35,15 +35,18 @@ GROUPS: dict[str, type] = {
 }
 
 
-def option_fields(entry: str = "sdxl") -> Iterator[tuple[str, dataclasses.Field]]:
+def option_fields(entry: str | None = None) -> Iterator[tuple[str, dataclasses.Field]]:
     """Yield ``(group_name, field)`` for every option of an entry point, in flag-definition order.
 
     Args:
-        entry: ``"sd"`` (train_network.py) or ``"sdxl"`` (sdxl_train_network.py, all flags).
+        entry: ``"sd"`` (train_network.py), ``"sdxl"`` (sdxl_train_network.py) or ``None`` (every flag).
     """
+    from sd_train.families import family_class
+
+    sdxl_flags = entry is None or family_class(entry).takes_sdxl_only_flags
     for group_name, group_cls in GROUPS.items():
         for f in dataclasses.fields(group_cls):
-            if entry == "sd" and f.metadata["sdxl_only"]:
+            if f.metadata["sdxl_only"] and not sdxl_flags:
                 continue
             yield group_name, f
 
@@ -69,7 +72,7 @@ class TrainOptions:
         Raises:
             KeyError: A name that is not an option.
         """
-        known = {f.name for _, f in option_fields("sdxl")}
+        known = {f.name for _, f in option_fields()}
         unknown = sorted(set(values) - known)
         if unknown:
             raise KeyError(f"not options: {', '.join(unknown)}")

@@ -184,8 +184,9 @@ def test_epoch_is_the_run_length_only_without_steps_epochs_or_dataset_config(tmp
     (dict(LoRA_type="Flux1", flux1_checkbox=True), "sdxl", "a kohya_ss FLUX.1 preset (flux1_checkbox); sd-train "
                                                            "trains SD 1.x/2.x and SDXL only"),
     (dict(LoRA_type="Flux1"), "sd", "LoRA_type 'Flux1' trains FLUX.1; sd-train trains SD 1.x/2.x and SDXL only"),
-    (dict(sdxl=True), "sd", "this kohya_ss preset is for sdxl_train_network.py (sdxl: true)"),
-    (dict(), "sdxl", "this kohya_ss preset is for train_network.py (sdxl: false)"),
+    (dict(sdxl=True), "sd", "this kohya_ss preset is for SDXL models; use sdxl_train_network.py"),
+    (dict(), "sdxl", "this kohya_ss preset is for SD1.x models; use train_network.py"),
+    (dict(v2=True), "sdxl", "this kohya_ss preset is for SD2.x models; use train_network.py"),
     (dict(LoRA_type="Kohya DyLoRA"), "sd", "LoRA_type 'Kohya DyLoRA' needs kohya's networks.dylora, which sd-train "
                                            "does not ship; use Standard, Kohya LoCon or a LyCORIS type"),
     (dict(LoRA_type="Mystery"), "sd", "unknown LoRA_type 'Mystery' (sd-train maps Standard, Kohya LoCon, "),

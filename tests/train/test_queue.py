@@ -88,7 +88,7 @@ def test_dry_run_checks_everything_and_trains_nothing(assets, tmp_path, capsys):
 
 def test_a_killed_run_is_reported_and_the_queue_goes_on(assets, tmp_path, monkeypatch):
     ckpt, data = assets
-    items = [queue.QueueItem(_config(tmp_path, n, ckpt, data, tmp_path / "out")) for n in ("a", "b")]
+    items = [queue.QueueItem(_config(tmp_path, n, ckpt, data, tmp_path / "out"), "sdxl") for n in ("a", "b")]
 
     class Killed:  # what Popen reports for a child the kernel's OOM killer ended
         def __init__(self, *args, **kwargs):
@@ -110,10 +110,14 @@ def test_folder_order_entry_detection_and_errors(tmp_path):
     (tmp_path / "a.toml").write_text('pretrained_model_name_or_path = "stabilityai/sdxl"\n')
     (tmp_path / "preset.json").write_text(json.dumps({"LoRA_type": "Standard", "sdxl": False}))
     (tmp_path / "notes.txt").write_text("not a config")
+    (tmp_path / "c.toml").write_text(f'pretrained_model_name_or_path = "{tmp_path / "xl.safetensors"}"\n')
+    make_tiny_checkpoint("sdxl", tmp_path / "xl.safetensors")
     found = queue.collect_configs([str(tmp_path)])
-    assert [p.name for p in found] == ["a.toml", "b.json", "preset.json"]
-    assert [queue.detect_entry(p, "auto") for p in found] == ["sdxl", "sd", "sd"]
-    assert queue.detect_entry(found[1], "sdxl") == "sdxl"
+    assert [p.name for p in found] == ["a.toml", "b.json", "c.toml", "preset.json"]
+    assert [queue.detect_entry(p, "auto") for p in found[1:]] == ["sd", "sdxl", "sd"]
+    assert queue.detect_entry(found[1], "sdxl") == "sdxl" and queue.detect_entry(found[0], "sd") == "sd"
+    with pytest.raises(UserError, match="a.toml: cannot tell the model family .*; pass --entry"):
+        queue.detect_entry(found[0], "auto")  # a hub id: only its download would tell
     with pytest.raises(UserError, match="nothing.toml: no such config file or folder"):
         queue.collect_configs([str(tmp_path / "nothing.toml")])
 
