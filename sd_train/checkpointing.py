@@ -18,6 +18,7 @@ from library.errors import UserError
 DEFAULT_NAMES = {"step": "at", "epoch": "epoch", "final": "last"}
 TRAIN_STATE = "train_state.json"
 FORMAT_VERSION = 1
+EMBEDDING_SUFFIX = "_emb.safetensors"  # beside a pivotal-tuning LoRA: {stem}_emb.safetensors
 
 
 def _stem(kind: str, output_name: str | None, index: int | None) -> str:
@@ -49,6 +50,12 @@ def ema_path(path: str | os.PathLike) -> Path:
     """The ``--ema_save_as both`` sibling of a model file: ``NAME-ema.safetensors`` next to ``NAME.safetensors``."""
     path = Path(path)
     return path.with_name(f"{path.stem}-ema{path.suffix}")
+
+
+def embedding_file(model_path: str | os.PathLike) -> Path:
+    """``{stem}_emb.safetensors`` beside a model file: the embedding file of a pivotal-tuning LoRA."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}{EMBEDDING_SUFFIX}")
 
 
 def state_dir_name(kind: str, output_name: str | None, index: int | None = None) -> str:
@@ -128,8 +135,9 @@ def prune_after_save(output_dir: str | os.PathLike, new_path: str | os.PathLike,
         return None
     name = model_file_name(kind, output_name, ext, old) if ext else state_dir_name(kind, output_name, old)
     target = Path(output_dir) / name
-    if ext:
-        _remove(ema_path(target))  # its --ema_save_as both sibling, if any
+    if ext:  # its --ema_save_as both sibling and a pivotal-tuning embedding file go with it
+        _remove(ema_path(target))
+        _remove(embedding_file(target))
     return str(target) if _remove(target) else None
 
 

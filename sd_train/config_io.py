@@ -23,11 +23,6 @@ logger = logging.getLogger(__name__)
 JSON_SUFFIX = ".json"
 
 
-def config_path(path: str) -> str:
-    """The file a ``--config_file`` value names: ``.toml`` is appended unless it ends in .toml or .json."""
-    return path if path.endswith((".toml", JSON_SUFFIX)) else path + ".toml"  # kohya-compat: .toml appended
-
-
 def stored_name(path: str) -> str:
     """What ``config_file`` holds after loading: kohya strips ``.toml``; a ``.json`` name stays whole."""
     return path if path.endswith(JSON_SUFFIX) else os.path.splitext(path)[0]  # kohya-compat
@@ -91,7 +86,7 @@ def read_config(path: str, entry: str, skip: str | None, parse_args) -> dict:
     back already mapped to flag names (:func:`sd_train.gui_preset.preset_flags`).
 
     Args:
-        path: The file (see :func:`config_path`).
+        path: The file (see :func:`sd_train.config_file.toml_path`).
         entry: ``"sd"`` or ``"sdxl"`` (a GUI preset says which script it is for).
         skip: ``--config_skip`` value, comma-separated keys of the file.
         parse_args: The entry point's ``parse_args`` (defaults suppressed), for a preset's extra flags.

@@ -26,12 +26,14 @@ logger = logging.getLogger(__name__)
 
 
 def named_trainable(host) -> list[tuple[str, torch.nn.Parameter]]:
-    """The plugin's trainable parameters with their names in the network (``param.{i}`` when the network is
-    not a ``torch.nn.Module``); kohya-format plugins name text-encoder modules ``lora_te*``."""
+    """The plugin's trainable parameters with their names in the network; kohya-format plugins name
+    text-encoder modules ``lora_te*``. Parameters outside the network (pivotal tuning's embedding rows,
+    saved beside it) are left out; a network that is not a ``torch.nn.Module`` gets ``param.{i}`` names."""
     params = host.get_trainable_params()
-    modules = host.network.named_parameters() if isinstance(host.network, torch.nn.Module) else ()
-    names = {id(p): n for n, p in modules}
-    return [(names.get(id(p), f"param.{i}"), p) for i, p in enumerate(params)]
+    if not isinstance(host.network, torch.nn.Module):
+        return [(f"param.{i}", p) for i, p in enumerate(params)]
+    names = {id(p): n for n, p in host.network.named_parameters()}
+    return [(names[id(p)], p) for p in params if id(p) in names]
 
 
 class NetworkEma:
@@ -98,6 +100,12 @@ def create(trainer) -> NetworkEma | None:
     return ema
 
 
+def update(trainer, step: int) -> None:
+    """After optimizer step ``step``: fold the weights into the run's EMA (nothing without ``--ema``)."""
+    if trainer.ema is not None:
+        trainer.ema.update(step)
+
+
 def run_metadata(opts) -> dict[str, str]:
     """``ss_ema_*`` keys of an EMA run (none without ``--ema`` or with ``--no_metadata``)."""
     e = opts.ema
@@ -109,13 +117,15 @@ def run_metadata(opts) -> dict[str, str]:
 
 def save_model(trainer, path: Path, meta: dict[str, str]) -> None:
     """Write a model file through the plugin: the trained weights, or with ``--ema`` the EMA weights (and with
-    ``--ema_save_as both`` the trained ones at ``path`` and the EMA ones next to it as ``NAME-ema``)."""
-    ema, dtype = trainer.ema, trainer.save_dtype
+    ``--ema_save_as both`` the trained ones at ``path`` and the EMA ones next to it as ``NAME-ema``). The run's
+    workflow keys (``ss_ema_*``, ``ss_stop_text_encoder_training``) join ``meta``."""
+    ema, dtype, opts = trainer.ema, trainer.save_dtype, trainer.opts
+    meta = {**meta, **run_metadata(opts), **trainer.te_stop.run_metadata(opts)}
     if ema is None:
         trainer.host.save(str(path), dtype, meta)
         return
-    full = not trainer.opts.saving.no_metadata
-    if trainer.opts.ema.ema_save_as == "both":
+    full = not opts.saving.no_metadata
+    if opts.ema.ema_save_as == "both":
         trainer.host.save(str(path), dtype, {**meta, "ss_ema_weights": "False"} if full else meta)
         path = ema_path(path)
     with ema.applied():

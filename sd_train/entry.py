@@ -1,4 +1,4 @@
-"""Shared body of the two training entry points: parse, train, one-line errors, exit status."""
+"""Shared body of the training entry points: parse, train, one-line errors, exit status."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import sys
 
 
 def entry_point(entry: str, argv: list[str] | None) -> int:
-    """Run ``train_network.py`` (``entry="sd"``) or ``sdxl_train_network.py`` (``"sdxl"``).
+    """Run ``train_network.py`` (``entry="sd"``), ``sdxl_train_network.py`` (``"sdxl"``) or a
+    textual-inversion script (``"sd_ti"``, ``"sdxl_ti"``).
 
     Args:
-        entry: ``"sd"`` or ``"sdxl"``.
+        entry: a key of ``sd_train.families.ENTRIES``.
         argv: arguments without the program name (``None``: ``sys.argv[1:]``).
 
     Returns:

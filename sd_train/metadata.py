@@ -182,7 +182,7 @@ def build_ss_metadata(model: ModelOptions, dataset: DatasetOptions, training: Tr
 
 
 def _thumbnail(value: str) -> str | None:
-    if value.startswith("data:"):
+    if value.startswith("data:") or not value:  # kohya-compat: "" is written as given
         return value
     if not os.path.isfile(value):
         logger.warning("--metadata_thumbnail %s: file not found; modelspec.thumbnail is not written", value)
@@ -197,7 +197,8 @@ def build_modelspec(model: ModelOptions, dataset: DatasetOptions, training: Trai
     """Build the ``modelspec.*`` dict (ModelSpec 1.0.1, FORMAT.md §5); ``date`` is set at save time."""
     v_param, fam = bool(model.v_parameterization), family_spec(family)
     reso = parse_resolution(dataset.resolution)
-    title = saving.metadata_title or saving.output_name or f"LoRA@{training_started_at}"
+    title = saving.metadata_title  # kohya-compat: an empty title is written as given
+    title = (saving.output_name or f"LoRA@{training_started_at}") if title is None else title
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": fam.modelspec_architecture(v_param) + "/lora",

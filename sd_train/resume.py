@@ -110,6 +110,8 @@ def save_state(trainer, kind: str, epoch: int | None = None) -> Path:
     with checkpointing.atomic_state_dir(final) as tmp:
         write_accelerate_files(acc, trainer.network, trainer.optimizer, trainer.lr_scheduler, tmp)
         ema.save_state(trainer, tmp)
+        if getattr(trainer, "pivot", None):  # pivotal tuning: the new tokens' rows
+            trainer.pivot.save_state(tmp)
         for index, record in enumerate(records):
             torch.save(record, tmp / record_name(index))
         checkpointing.write_train_state(tmp, p.epoch + 1, p.global_step, {
@@ -132,6 +134,8 @@ def load_state(trainer, folder: str) -> None:
                         "dataset, accumulation, seed, ...); pass --initial_step to resume anyway")
     load_accelerate_files(trainer.accelerator, trainer.network, trainer.optimizer, trainer.lr_scheduler,
                           Path(folder))
+    if getattr(trainer, "pivot", None):
+        trainer.pivot.load_state(Path(folder))
     if record and not path.is_file():  # saved with fewer processes: this rank starts from rank 0's RNGs
         path = Path(folder) / RESUME_RECORD
     if not record or not path.is_file():  # kohya state: restart at the epoch boundary

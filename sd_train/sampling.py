@@ -151,6 +151,8 @@ def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
     except UserError as err:
         logger.warning("%s; no samples this time", err)
         return []
+    if getattr(trainer, "pivot", None):  # placeholders become their new tokens, as in the captions
+        prompts = [trainer.pivot.rewrite_prompt(p) for p in prompts]
     stamp, written, shown = time.strftime("%Y%m%d%H%M%S"), [], []
     vae, parked = trainer.models.vae, device_of(trainer.models.vae)
     vae.to(trainer.accelerator.device)  # kohya-compat: the VAE waits on the CPU after latent caching

@@ -37,6 +37,8 @@ def stop_step(stop: int | None, frac: float | None, max_train_steps: int) -> int
 
 def _not_cacheable(trainer) -> str | None:
     """Why the text-encoder outputs cannot be reused once it is frozen (``None``: they can)."""
+    if _rows_train(trainer):
+        return "new token embeddings train (--train_text_encoder_ti)"
     random = [n for ds in filter(None, (trainer.dataset, trainer.val_dataset))
               for _, used in caption_randomness(ds) for n in used]
     if random:
@@ -48,13 +50,20 @@ def _not_cacheable(trainer) -> str | None:
     return None
 
 
+def _rows_train(trainer) -> bool:
+    """Pivotal tuning trains new embedding rows, which need the text encoders' gradients."""
+    pivot = getattr(trainer, "pivot", None)
+    return bool(pivot and pivot.training)
+
+
 class TextEncoderStop:
     """Freezes the text-encoder part of the network after its last step; reuses its outputs when it can."""
 
     def __init__(self, trainer):
-        t = trainer.opts.training
+        t, n, d = trainer.opts.training, trainer.opts.network, trainer.opts.dataset
+        te_network = not n.network_train_unet_only and not d.cache_text_encoder_outputs  # its TE part trains
         self.step = stop_step(t.stop_text_encoder_training, t.train_text_encoder_frac, trainer.max_train_steps) \
-            if trainer.train_te else None
+            if te_network else None
         self.params = [p for n, p in named_trainable(trainer.host) if n.startswith(TE_PREFIX)] if self.step else []
         if self.step and not self.params:
             raise UserError(f"--network_module {trainer.host.module_name}: no text-encoder parameters (kohya names "
@@ -73,7 +82,7 @@ class TextEncoderStop:
         for param in self.params:
             param.requires_grad_(False)
             param.grad = None
-        trainer.train_te, self.frozen = False, True
+        trainer.train_te, self.frozen = _rows_train(trainer), True
         why = _not_cacheable(trainer)
         self.memo = {} if why is None else None
         reuse = "its outputs are cached from now on (one encode per caption)" if why is None else \

@@ -28,8 +28,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import checkpointing, class_images, ema, metadata, objective, optim, preservation, resume, sampling
-from sd_train import tracking
+from sd_train import checkpointing, class_images, ema, metadata, objective, optim, pivotal, preservation, resume
+from sd_train import queue, sampling, te_stop, tracking
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -38,10 +38,8 @@ from sd_train.distributed import average_gradients, gloo_on_cpu, process_state
 from sd_train.guard import NanGuard, batch_report, finite_flags
 from sd_train.loader import EpochLoader
 from sd_train.network_host import NetworkHost, parse_network_args
-from sd_train.queue import write_result
 from sd_train.resume import Progress
 from sd_train.steps import compute_steps
-from sd_train.te_stop import TextEncoderStop
 from sd_train.validation import Validator
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
@@ -81,7 +79,7 @@ class Trainer:
         self.progress = resume.initial_progress(t.initial_step, t.initial_epoch, t.skip_until_initial_step,
                                                 self.steps_per_epoch, self.max_train_steps,
                                                 t.gradient_accumulation_steps) or self.progress
-        self.ema, self.te_stop = ema.create(self), TextEncoderStop(self)  # after the resume: its state and step
+        self.ema, self.te_stop = ema.create(self), te_stop.TextEncoderStop(self)  # after the resume: state and step
         self.validator = Validator(self, self.val_dataset)
         self.metadata = self._build_metadata()
         return True
@@ -175,6 +173,8 @@ class Trainer:
         self.host.apply_to(te, unet, self.train_te, not n.network_train_text_encoder_only)
         if n.network_weights:
             self.host.load_weights(n.network_weights)
+        self.pivot = pivotal.setup(self)  # new tokens (pivotal tuning, textual inversion) train with the network
+        self.train_te = self.train_te or bool(self.pivot and self.pivot.training)
         if self.opts.model.gradient_checkpointing:
             self.family.enable_gradient_checkpointing(unet, self.models.text_encoders if self.train_te else ())
             self.host.enable_gradient_checkpointing()
@@ -234,9 +234,8 @@ class Trainer:
                "num_processes": self.accelerator.num_processes, "optimizer": self.optimizer_name,
                "network_args": args}
         info = self.family.model_info(o.model.pretrained_model_name_or_path, o.model.vae)
-        meta = metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
+        return metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
                                        model_info=info, run=run)
-        return {**meta, **ema.run_metadata(o), **self.te_stop.run_metadata(o)}
 
     def train(self) -> None:
         """Run epochs and optimizer steps with logging, saving and sampling cadence (CLI.md §7–11)."""
@@ -278,8 +277,7 @@ class Trainer:
     def _after_step(self) -> None:
         """Step cadence after an optimizer step: sampling first, then checkpoint and state folder."""
         step, s = self.progress.global_step, self.opts.saving
-        if self.ema:  # first: samples and files of this step see the updated EMA
-            self.ema.update(step)
+        ema.update(self, step)  # first: samples and files of this step see the updated EMA
         self.te_stop.after_step(self, step)
         sampling.maybe_sample(self, None)
         if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < self.max_train_steps:
@@ -334,6 +332,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.opts.network.scale_weight_norms:
             self.host.apply_max_norm_regularization(self.opts.network.scale_weight_norms, self.accelerator.device)
+        if getattr(self, "pivot", None):
+            self.pivot.after_step()
         self.guard.check_params(params, step)
 
     def _flush_losses(self, bar=None) -> None:
@@ -394,7 +394,7 @@ def run(family_cls, argv: list[str] | None, entry: str) -> int:
     try:
         if trainer.setup():
             trainer.train()
-            write_result(trainer)  # the final loss for sd_train_queue's table
+            queue.write_result(trainer)  # the final loss for sd_train_queue's table
     finally:
         trainer.cleanup()
     return 0

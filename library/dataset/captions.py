@@ -84,6 +84,37 @@ CAPTION_RULES: tuple[CaptionRule, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class CaptionRewrite:
+    """Run-level caption rewriting of textual inversion and pivotal tuning (not a per-subset rule).
+
+    Applied after the prefix and suffix are added and before dropout, wildcards, shuffling and
+    ``keep_tokens``, so a placeholder written in a caption, a ``class_tokens`` folder name or a prefix
+    becomes its new tokens and still counts as one tag.
+
+    Attributes:
+        replacements: ``(placeholder, tokens)`` pairs; a placeholder is replaced where it stands as a whole
+            word (case-sensitive): ``TOK`` in ``a TOK dog`` or ``TOK, red`` but not in ``TOKYO``.
+        templates: kohya's ``--use_object_template`` / ``--use_style_template``: each fetch replaces the
+            caption by one of these, drawn from the sample's generator.
+    """
+
+    replacements: tuple[tuple[str, str], ...] = ()
+    templates: tuple[str, ...] = ()
+
+    def apply(self, caption: str, rng: random.Random) -> str:
+        """The rewritten caption (one draw from ``rng`` when there are templates)."""
+        return self.replace(rng.choice(self.templates) if self.templates else caption)
+
+    def replace(self, text: str) -> str:
+        """``text`` with every placeholder (a whole word) replaced by its tokens."""
+        if not self.replacements:
+            return text
+        table = dict(self.replacements)
+        words = "|".join(re.escape(p) for p in sorted(table, key=len, reverse=True))
+        return re.sub(rf"(?<!\w)(?:{words})(?!\w)", lambda m: table[m.group(0)], text)
+
+
 def add_caption_fields(after: str | None = None, make_field: Callable[[CaptionRule], Any] | None = None):
     """Class decorator (put it under ``@dataclass``): one annotated field per caption rule.
 
@@ -178,7 +209,7 @@ def _tag_operations(caption: str, opts: CaptionOptions, rng: random.Random, curr
 
 def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, *,
                     current_epoch: int = 1, current_step: int = 0,
-                    max_train_steps: int = 1600) -> str:
+                    max_train_steps: int = 1600, rewrite: CaptionRewrite | None = None) -> str:
     """Apply DATASET.md §5 steps 1-5 to one raw caption.
 
     Args:
@@ -188,11 +219,14 @@ def process_caption(caption: str, opts: CaptionOptions, rng: random.Random, *,
         current_epoch: the trainer's epoch, counted from 1.
         current_step: the trainer's global step (token warm-up).
         max_train_steps: for fractional ``token_warmup_step``.
+        rewrite: placeholders / templates of textual inversion (:class:`CaptionRewrite`), applied first.
     """
     if opts.caption_prefix:
         caption = opts.caption_prefix + " " + caption
     if opts.caption_suffix:
         caption = caption + " " + opts.caption_suffix
+    if rewrite is not None:
+        caption = rewrite.apply(caption, rng)
     drop = opts.caption_dropout_rate > 0 and rng.random() < opts.caption_dropout_rate
     every = opts.caption_dropout_every_n_epochs
     if drop or (every > 0 and current_epoch % every == 0):

@@ -125,7 +125,11 @@ def _hint(key: str) -> str:
 def _check_table(table: dict, level: str, path: str, masked_loss: bool, errors: list[str]):
     for key, value in table.items():
         spec = SCHEMA.get(key)
-        if spec is None or (key == "conditioning_data_dir" and not masked_loss):
+        if key == "conditioning_data_dir" and not masked_loss:  # kohya-compat: a key only with --masked_loss
+            errors.append(f"{path}: conditioning_data_dir (mask images) needs masked_loss = true in the training "
+                          "options; kohya rejects the key without it")
+            continue
+        if spec is None:
             errors.append(f"{path}: unknown key '{key}'.{_hint(key)}")
             continue
         kind, levels = spec[0], spec[1]
@@ -153,13 +157,18 @@ def subset_kind(sub: dict) -> str:
     return "DB"
 
 
-def _check_subset(sub: dict, path: str, errors: list[str]) -> str:
-    kind = subset_kind(sub)
-    for key in sub:
+def _check_kind(table: dict, kind: str, path: str, what: str, errors: list[str]) -> None:
+    """kohya's per-kind schemas: e.g. no caption_extension in a fine-tuning subset or dataset."""
+    for key in table:
         kinds = SCHEMA.get(key, ("", "", "all"))[2]
         if kinds != "all" and kind not in kinds.split():
-            errors.append(f"{path}: key '{key}' is not allowed in a {kind} subset "
+            errors.append(f"{path}: key '{key}' is not allowed in a {kind} {what} "
                           f"(only {kinds.replace(' ', '/')})")
+
+
+def _check_subset(sub: dict, path: str, errors: list[str]) -> str:
+    kind = subset_kind(sub)
+    _check_kind(sub, kind, path, "subset", errors)
     if kind in ("DB", "CN") and not sub.get("image_dir"):
         errors.append(f"{path}: image_dir is required for a DreamBooth subset "
                       "(or give metadata_file for fine-tuning)")
@@ -211,6 +220,11 @@ def validate_config(data: dict, masked_loss: bool = False) -> list[str]:
         if "FT" in kinds and len(kinds) > 1:
             errors.append(f"{path}: DreamBooth subset and fine tuning subset cannot be mixed in "
                           "the same dataset")
+        elif kinds == {"CN", "DB"}:  # kohya-compat: read as DreamBooth, whose subsets reject conditioning_data_dir
+            errors.append(f"{path}: subsets with and without conditioning_data_dir cannot be mixed in one dataset; "
+                          "split them into two [[datasets]]")
+        elif len(kinds) == 1:  # kohya-compat: the dataset table follows its subsets' kind
+            _check_kind({k: v for k, v in ds.items() if k != "subsets"}, kinds.pop(), path, "dataset", errors)
     return errors
 
 
@@ -232,7 +246,7 @@ def cli_values(defaults: CliDefaults) -> dict:
     for key in SCHEMA:
         name = CLI_NAMES.get(key, key)
         values[key] = getattr(defaults, name, None)
-    if defaults.caption_extention:  # kohya-compat: the old misspelled flag wins when set
+    if defaults.caption_extention is not None:  # kohya-compat: the old misspelled flag wins when given
         values["caption_extension"] = defaults.caption_extention
     if isinstance(values["face_crop_aug_range"], str):
         values["face_crop_aug_range"] = [float(x) for x in values["face_crop_aug_range"].split(",")]

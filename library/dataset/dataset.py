@@ -29,6 +29,8 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         load_images: False skips image decoding (captions/sizes only), e.g. for debugging.
         latent_scale: when set, cached latents are multiplied by it (None: raw latents).
         max_train_steps: for fractional ``token_warmup_step``.
+        caption_rewrite: textual-inversion placeholders / templates
+            (:class:`library.dataset.captions.CaptionRewrite`), applied to every caption first.
 
     Use with ``DataLoader(ds, batch_size=None, ...)`` or ``collate_fn=collate_first``.
     ``set_epoch`` / ``set_current_step`` write to a shared-memory tensor, so persistent workers
@@ -36,12 +38,13 @@ class BucketBatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, prepared_datasets, *, dataset_seed: int, load_images: bool = True,
-                 latent_scale: float | None = None, max_train_steps: int | None = None):
+                 latent_scale: float | None = None, max_train_steps: int | None = None, caption_rewrite=None):
         self.datasets = list(prepared_datasets)
         self.dataset_seed = int(dataset_seed)
         self.load_images = load_images
         self.latent_scale = latent_scale
         self.max_train_steps = max_train_steps
+        self.caption_rewrite = caption_rewrite
         self.latents_cached = False
         self.te_cached = False
         self._state = torch.tensor([1, 0], dtype=torch.long).share_memory_()
@@ -116,7 +119,7 @@ class BucketBatchDataset(torch.utils.data.Dataset):
             max_steps = self.max_train_steps or ds.max_train_steps
             item["caption"] = process_caption(rec.caption, stats.caption_options, rng,
                                               current_epoch=epoch, current_step=step,
-                                              max_train_steps=max_steps)
+                                              max_train_steps=max_steps, rewrite=self.caption_rewrite)
         return item
 
     def _fill_latents(self, item: dict, rec, flipped: bool, want_alpha: bool) -> None:

@@ -187,7 +187,7 @@ def prepare_dataset(spec: DatasetSpec, index: int, plan: DatasetPlan, seed: int,
                     step_multiple: int, latents_cached: bool = False) -> tuple[PreparedDataset, PreparedDataset | None]:
     """Pre-pass of one dataset: returns the training dataset and its validation twin or None."""
     warnings: list[str] = []
-    check_bucket_settings(spec, index, step_multiple, warnings)
+    check_bucket_settings(spec, index, step_multiple, warnings, from_config=plan.mode == "config")
     stats, records = scan_dataset(spec, warnings)
     if spec.enable_bucket and any(s.face_crop_aug_range for s in spec.subsets):
         # kohya-compat: face crops are applied only without bucketing.

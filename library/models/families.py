@@ -33,6 +33,9 @@ class TextEncoderSlot:
         keeps_logit_scale: the file's ``logit_scale`` is kept aside and written back (else dropped).
         placeholder_last_layer: kohya-compat: built one layer short; files carry a placeholder last layer,
             ``text_projection`` and ``logit_scale`` (SD2).
+        embedding_key: key of its rows in an embedding file (``emb_params`` of kohya/A1111 SD1/SD2 files,
+            ``clip_l`` / ``clip_g`` of SDXL files).
+        bundle_embedding_key: key tail of its rows inside a LoRA file, ``bundle_emb.<name>.<tail>`` (A1111).
     """
 
     component: str
@@ -46,6 +49,8 @@ class TextEncoderSlot:
     lora_layers: int
     keeps_logit_scale: bool = False
     placeholder_last_layer: bool = False
+    embedding_key: str = "emb_params"
+    bundle_embedding_key: str = "string_to_param.*"
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +62,7 @@ class FamilySpec:
         tool_flag: the kohya tool flag that names it (``--v1``, ``--v2``, ``--sdxl``).
         label: for messages (``SD2.x``). script_label: the families of its trainer script, for messages.
         trainer_script: kohya script that trains it. v2: an SD 2.x model (``--v2``, ``ss_v2``).
+        ti_script: kohya's textual-inversion script for it.
         sgm_unet: the UNet module uses SGM/LDM names (files and LoRAs too), not diffusers names.
         text_encoders: one :class:`TextEncoderSlot` per text encoder, in order.
         vae_scale: latent scale factor. bucket_step_multiple: bucket sizes are multiples of it.
@@ -75,6 +81,7 @@ class FamilySpec:
     label: str
     script_label: str
     trainer_script: str
+    ti_script: str
     v2: bool
     sgm_unet: bool
     text_encoders: tuple[TextEncoderSlot, ...]
@@ -147,12 +154,13 @@ class FamilySpec:
         return "epsilon"
 
 
-def _clip_l(component: str, prefix: str, lora_prefix: str) -> TextEncoderSlot:
+def _clip_l(component: str, prefix: str, lora_prefix: str, **embedding_keys: str) -> TextEncoderSlot:
     return TextEncoderSlot(component, prefix, False, lora_prefix, "text_encoder", "clip_l",
-                           ("openai_clip-vit-large-patch14",), "<|endoftext|>", 12)
+                           ("openai_clip-vit-large-patch14",), "<|endoftext|>", 12, **embedding_keys)
 
 
-_SD_COMMON = dict(script_label="SD1.x/SD2.x", trainer_script="train_network.py", sgm_unet=False, vae_scale=0.18215,
+_SD_COMMON = dict(script_label="SD1.x/SD2.x", trainer_script="train_network.py",
+                  ti_script="train_textual_inversion.py", sgm_unet=False, vae_scale=0.18215,
                   bucket_step_multiple=64, latent_cache_tag="sd", v_suffix=True, resolution=512,
                   implementation="diffusers", pipeline="StableDiffusionPipeline",
                   pipeline_kwargs={"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
@@ -170,11 +178,12 @@ SD2 = FamilySpec(
                                    "!", 24, placeholder_last_layer=True),), **_SD_COMMON)
 SDXL = FamilySpec(
     name="sdxl", tool_flag="sdxl", label="SDXL", script_label="SDXL", trainer_script="sdxl_train_network.py",
-    v2=False, sgm_unet=True,
-    text_encoders=(_clip_l("te0", "conditioner.embedders.0.transformer.", "lora_te1"),
+    ti_script="sdxl_train_textual_inversion.py", v2=False, sgm_unet=True,
+    text_encoders=(_clip_l("te0", "conditioner.embedders.0.transformer.", "lora_te1", embedding_key="clip_l",
+                           bundle_embedding_key="clip_l"),
                    TextEncoderSlot("te1", "conditioner.embedders.1.model.", True, "lora_te2", "text_encoder_2",
                                    "openclip_bigg", ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k",), "!", 32,
-                                   keeps_logit_scale=True)),
+                                   keeps_logit_scale=True, embedding_key="clip_g", bundle_embedding_key="clip_g")),
     vae_scale=0.13025, bucket_step_multiple=32, latent_cache_tag="sdxl",
     base_version="sdxl_base_v1-0", v_suffix=False,  # kohya-compat: also for v-prediction SDXL
     architecture="stable-diffusion-xl-v1-base", v_architecture="stable-diffusion-xl-v1-base",

@@ -122,6 +122,8 @@ class ClipTokenizer:
         self._bytes = byte_unicode_table()
         self._pattern = regex.compile(_PATTERN, regex.IGNORECASE)
         self._bpe_cache: dict[str, tuple[str, ...]] = {}  # per instance; plain dict pickles
+        self.added_tokens: dict[str, int] = {}  # textual inversion: whole strings with their own ids
+        self._added_pattern = None
         # kohya-compat: transformers' CLIPTokenizer with pad_token "!" (SD2, SDXL TE2) treats every
         # "!" in a caption as that special token and never BPE-merges it.
         pad_text = next((t for t, i in self.vocab.items() if i == pad_token_id), None)
@@ -159,6 +161,33 @@ class ClipTokenizer:
         """Whether ``other`` has identical vocabulary and merges (for the cache-dir warning)."""
         return self.vocab == other.vocab and self.merges == other.merges
 
+    def add_tokens(self, tokens: list[str]) -> list[int]:
+        """Add whole-string tokens with new ids after the vocabulary (and earlier added tokens).
+
+        An added token is matched in the raw text, case-sensitively and before cleaning, and never split
+        by BPE (transformers' ``add_tokens``). Used for textual-inversion and pivotal-tuning tokens.
+
+        Returns:
+            The new ids, in the order given.
+
+        Raises:
+            UserError: a token is empty, holds whitespace, is already in the vocabulary or was added before.
+        """
+        for token in tokens:
+            if not token or regex.search(r"\s", token):
+                raise UserError(f"token {token!r}: new tokens must be non-empty and hold no whitespace")
+            if token in self.vocab or token in self.added_tokens or tokens.count(token) > 1:
+                raise UserError(f"token {token!r} already exists in the tokenizer; choose another token string")
+        first = len(self.vocab) + len(self.added_tokens)
+        self.added_tokens.update({t: first + i for i, t in enumerate(tokens)})
+        longest_first = sorted(self.added_tokens, key=len, reverse=True)
+        self._added_pattern = regex.compile("(" + "|".join(regex.escape(t) for t in longest_first) + ")")
+        return [self.added_tokens[t] for t in tokens]
+
+    def __len__(self) -> int:
+        """Number of ids: the vocabulary plus the added tokens."""
+        return len(self.vocab) + len(self.added_tokens)
+
     def _bpe(self, word: str) -> tuple[str, ...]:
         """Apply the merges to one byte-encoded word; the last symbol carries ``</w>``."""
         parts = list(word[:-1]) + [word[-1] + "</w>"]
@@ -185,6 +214,13 @@ class ClipTokenizer:
 
     def encode_without_specials(self, text: str) -> list[int]:
         """Token ids of ``text`` without BOS/EOS and without truncation."""
+        if self._added_pattern is not None:
+            pieces = self._added_pattern.split(text)  # odd positions: the added tokens themselves
+            return [i for k, piece in enumerate(pieces)
+                    for i in ([self.added_tokens[piece]] if k % 2 else self._encode_unadded(piece))]
+        return self._encode_unadded(text)
+
+    def _encode_unadded(self, text: str) -> list[int]:
         if self._pad_text and self._pad_text in text:
             ids = []
             for i, part in enumerate(text.split(self._pad_text)):

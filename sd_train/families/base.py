@@ -44,8 +44,10 @@ class ModelFamily(abc.ABC):
 
     Class attributes (facts of the script, known before any option is parsed): ``entry`` (the name
     ``sd_train.entry`` uses), ``specs`` (the :class:`library.models.families.FamilySpec` it trains; ``--v2``
-    picks among them), ``default_sampler``, ``uses_clip_skip`` and ``takes_sdxl_only_flags`` (the options
-    kohya defines only in ``sdxl_train_network.py``). Per instance, :attr:`spec` is the
+    picks among them), ``default_sampler``, ``uses_clip_skip``, ``takes_sdxl_only_flags`` (the options
+    kohya defines only in ``sdxl_train_network.py``), ``embeddings_only`` (a textual-inversion script:
+    no network, only new token embeddings train), ``excluded_option_groups`` (option groups its command
+    line leaves out) and ``option_defaults`` (its own defaults). Per instance, :attr:`spec` is the
     family being trained and the properties below read it.
 
     Args:
@@ -60,6 +62,9 @@ class ModelFamily(abc.ABC):
     default_sampler: str = "ddim"
     uses_clip_skip: bool = True
     takes_sdxl_only_flags: bool = False
+    embeddings_only: bool = False
+    excluded_option_groups: tuple[str, ...] = ("textual_inversion",)
+    option_defaults: dict = {}
 
     def __init__(self, v2: bool = False, v_parameterization: bool = False,
                  max_token_length: int | None = None, clip_skip: int | None = None,

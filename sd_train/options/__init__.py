@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -17,6 +18,7 @@ from sd_train.options.logging import LoggingOptions
 from sd_train.options.model import ModelOptions
 from sd_train.options.network import NetworkOptions
 from sd_train.options.optimizer import OptimizerOptions
+from sd_train.options.pivotal import PivotalOptions, TextualInversionOptions
 from sd_train.options.sampling import SamplingOptions
 from sd_train.options.saving import SavingOptions
 from sd_train.options.training import TrainingOptions
@@ -31,6 +33,8 @@ GROUPS: dict[str, type] = {
     "saving": SavingOptions,
     "logging": LoggingOptions,
     "sampling": SamplingOptions,
+    "pivotal": PivotalOptions,
+    "textual_inversion": TextualInversionOptions,
     "ema": EmaOptions,
 }
 
@@ -39,15 +43,24 @@ def option_fields(entry: str | None = None) -> Iterator[tuple[str, dataclasses.F
     """Yield ``(group_name, field)`` for every option of an entry point, in flag-definition order.
 
     Args:
-        entry: ``"sd"`` (train_network.py), ``"sdxl"`` (sdxl_train_network.py) or ``None`` (every flag).
+        entry: a key of ``sd_train.families.ENTRIES`` (``"sd"``: train_network.py, ``"sdxl"``,
+            ``"sd_ti"``: train_textual_inversion.py, ``"sdxl_ti"``) or ``None`` (every flag).
+
+    An entry leaves out the groups it does not take and may have its own defaults (a copied field).
     """
     from sd_train.families import family_class
 
-    sdxl_flags = entry is None or family_class(entry).takes_sdxl_only_flags
+    cls = None if entry is None else family_class(entry)
+    sdxl_flags = cls is None or cls.takes_sdxl_only_flags
     for group_name, group_cls in GROUPS.items():
+        if cls is not None and group_name in cls.excluded_option_groups:
+            continue
         for f in dataclasses.fields(group_cls):
             if f.metadata["sdxl_only"] and not sdxl_flags:
                 continue
+            if cls is not None and f.name in cls.option_defaults:
+                f = copy.copy(f)
+                f.default = cls.option_defaults[f.name]
             yield group_name, f
 
 
@@ -63,6 +76,8 @@ class TrainOptions:
     saving: SavingOptions = field(default_factory=SavingOptions)
     logging: LoggingOptions = field(default_factory=LoggingOptions)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    pivotal: PivotalOptions = field(default_factory=PivotalOptions)
+    textual_inversion: TextualInversionOptions = field(default_factory=TextualInversionOptions)
     ema: EmaOptions = field(default_factory=EmaOptions)
 
     @classmethod
@@ -102,5 +117,6 @@ class TrainOptions:
 
 __all__ = [
     "GROUPS", "TrainOptions", "option_fields", "DatasetOptions", "EmaOptions", "LoggingOptions", "ModelOptions",
-    "NetworkOptions", "OptimizerOptions", "SamplingOptions", "SavingOptions", "TrainingOptions",
+    "NetworkOptions", "OptimizerOptions", "PivotalOptions", "SamplingOptions", "SavingOptions",
+    "TextualInversionOptions", "TrainingOptions",
 ]

@@ -142,7 +142,8 @@ resolution = 512
   image_dir = "a"
   conditioning_data_dir = "m"
 """)
-    assert "unknown key 'conditioning_data_dir'" in _error(path)
+    assert _error(path).endswith("datasets[0].subsets[0]: conditioning_data_dir (mask images) needs masked_loss = "
+                                 "true in the training options; kohya rejects the key without it")
     plan = _plan(path, masked_loss=True)
     assert plan.datasets[0].kind == "CN"
 

@@ -45,7 +45,7 @@ def test_json_null_is_unset_and_errors_are_one_line(tmp_path):
         load_config_file(_write(tmp_path / "list.json", "[1, 2]"), "sdxl")
     with pytest.raises(UserError, match=r"u.json: unknown key 'netwrok_dim'. Did you mean 'network_dim'\?"):
         load_config_file(_write(tmp_path / "u.json", '{"netwrok_dim": 4}'), "sdxl")
-    with pytest.raises(UserError, match=r"t.json: key 'network_dim': invalid value 'x'"):
+    with pytest.raises(UserError, match=r't.json: network_dim = "x": invalid value'):
         load_config_file(_write(tmp_path / "t.json", '{"network_dim": "x"}'), "sdxl")
 
 

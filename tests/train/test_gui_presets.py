@@ -176,7 +176,7 @@ def test_epoch_is_the_run_length_only_without_steps_epochs_or_dataset_config(tmp
     assert flags["max_train_epochs"] == 12 and "max_train_steps" not in flags
     flags = load_config_file(_preset(tmp_path, "d.json", max_train_steps=0, epoch=12, dataset_config="d.toml"), "sd")
     assert "max_train_epochs" not in flags and "max_train_steps" not in flags  # the GUI leaves sd-scripts' 1600
-    with pytest.raises(UserError, match=r"w.json: key 'lr_warmup_steps': invalid value '100%'"):
+    with pytest.raises(UserError, match=r'w.json: lr_warmup_steps = "100%": invalid value'):
         load_config_file(_preset(tmp_path, "w.json", lr_warmup=100), "sd")
 
 

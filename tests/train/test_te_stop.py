@@ -105,3 +105,23 @@ def test_frozen_parameters_are_left_out_of_gradient_averaging():
     acc = SimpleNamespace(num_processes=2, reduce=lambda t, reduction: t / 2)
     average_gradients([frozen, live], acc)
     assert frozen.grad is None and torch.equal(live.grad, torch.full((2,), 2.0))
+
+
+def test_stop_and_ema_beside_pivotal_tuning(assets, tmp_path, capsys):
+    """The text-encoder LoRA stops after step 1 while the new tokens' rows train through step 3 (they keep the
+    text encoders' gradients, so outputs are not reused); the EMA covers the LoRA only, and a resume after the
+    rows stopped is bit-exact."""
+    piv = ["--train_text_encoder_ti", "--token_abstraction", "sks", "--train_text_encoder_ti_frac", "0.75",
+           "--stop_text_encoder_training", "1", "--ema", "--ema_decay", "0.5", "--ema_save_as", "both",
+           "--save_state_on_train_end"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert sdxl_main(_args(assets, full, *piv, "--save_every_n_steps", "1", "--save_state")) == 0
+    assert "its outputs are still computed every step (new token embeddings train" in capsys.readouterr().err
+    te1, te_last = _split(full / "at-step00000001.safetensors")[0], _split(full / "last.safetensors")[0]
+    assert _same(te1, te_last)
+    rows = [load_file(full / f"at-step{s:08d}_emb.safetensors")[0] for s in (1, 2)]
+    assert not _same(*rows)
+    assert load_file(full / "last-ema.safetensors")[0].keys() == load_file(full / "last.safetensors")[0].keys()
+    assert sdxl_main(_args(assets, resumed, *piv, "--resume", str(full / "at-step00000003-state"))) == 0
+    for name in ("last.safetensors", "last-ema.safetensors", "last_emb.safetensors"):
+        assert _same(load_file(full / name)[0], load_file(resumed / name)[0]), name
