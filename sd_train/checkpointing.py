@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from library.errors import UserError
 
-DEFAULT_NAMES = {"step": "at", "epoch": "epoch", "final": "last"}
+DEFAULT_NAMES = {"step": "at", "epoch": "epoch", "final": "last", "interrupted": "last"}
 TRAIN_STATE = "train_state.json"
 FORMAT_VERSION = 1
 EMBEDDING_SUFFIX = "_emb.safetensors"  # beside a pivotal-tuning LoRA: {stem}_emb.safetensors
@@ -29,6 +29,8 @@ def _stem(kind: str, output_name: str | None, index: int | None) -> str:
         return f"{name}-step{index:08d}"
     if kind == "epoch":
         return f"{name}-{index:06d}"
+    if kind == "interrupted":  # sd-train: the save of a run stopped by SIGINT/SIGTERM
+        return f"{name}-interrupted"
     return name
 
 
@@ -36,12 +38,14 @@ def model_file_name(kind: str, output_name: str | None, ext: str, index: int | N
     """File name of a saved model.
 
     Args:
-        kind: ``"step"`` (``index`` = global step), ``"epoch"`` (``index`` = epoch from 1) or ``"final"``.
+        kind: ``"step"`` (``index`` = global step), ``"epoch"`` (``index`` = epoch from 1), ``"final"`` or
+            ``"interrupted"`` (``name-interrupted``).
         output_name: ``--output_name`` or ``None`` (defaults ``at`` / ``epoch`` / ``last``).
         ext: ``--save_model_as`` (``safetensors``, ``ckpt``, ``pt``).
 
     Returns:
-        e.g. ``name-step00000500.safetensors``, ``name-000003.safetensors``, ``name.safetensors``.
+        e.g. ``name-step00000500.safetensors``, ``name-000003.safetensors``, ``name.safetensors``,
+        ``name-interrupted.safetensors``.
     """
     return f"{_stem(kind, output_name, index)}.{ext}"
 

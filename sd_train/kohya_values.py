@@ -107,6 +107,7 @@ def _readings() -> dict[str, Reading]:
         "save_model_as": Reading(DEFAULT, DEFAULT, "kohya would pickle the weights into a file named 'last.' "
                                  "or fail; saving .safetensors"),
         "resume": Reading(UNSET, UNSET),
+        "fallback_output_dir": Reading(UNSET, UNSET),  # sd-train's own: no fallback folder
         "training_comment": Reading(KEEP, UNSET),
         "logging_dir": Reading(REFUSE, REFUSE, "remove the key (no logging) or give a folder"),
         "log_with": Reading(REFUSE, REFUSE, 'remove the key (TensorBoard when logging_dir is set) or write '

@@ -41,6 +41,11 @@ def parse_kv_args(args: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def check_optimizer(optimizer_type: str) -> None:
+    """Pre-flight: ``--optimizer_type`` resolves and its package imports (UserError naming the pip package)."""
+    resolve_optimizer(optimizer_type)
+
+
 def _adafactor_kwargs(kwargs: dict, lr: float | None) -> float | None:
     """kohya's Adafactor rules; returns the LR to pass (``None`` with relative_step)."""
     kwargs.setdefault("relative_step", True)  # kohya-compat
@@ -137,6 +142,19 @@ _DIFFUSERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
 _TRANSFORMERS = ("inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 
 
+def _check_scheduler_name(name: str) -> None:
+    if not name.startswith("adafactor") and name not in _DIFFUSERS + _TRANSFORMERS:
+        raise UserError(f"--lr_scheduler {name}: unknown; choose from {', '.join(_DIFFUSERS + _TRANSFORMERS)}")
+
+
+def check_scheduler(optimizer_opts) -> None:
+    """Pre-flight: ``--lr_scheduler`` is a known name (``--lr_scheduler_type`` classes are resolved when built)."""
+    o = optimizer_opts
+    if not o.lr_scheduler_type:
+        _check_scheduler_name(resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
+                                                   o.learning_rate))
+
+
 def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup_steps: int | float = 0,
                     num_decay_steps: int | float = 0, num_cycles: int = 1, power: float = 1.0,
                     timescale: int | None = None, min_lr_ratio: float | None = None, scheduler_type: str = "",
@@ -185,8 +203,7 @@ def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup
     if name in _TRANSFORMERS:
         decay = resolve_step_count(num_decay_steps, total)
         return _transformers_scheduler(optimizer, name, total, warmup, decay, num_cycles, timescale, min_lr_ratio)
-    if name not in _DIFFUSERS:
-        raise UserError(f"--lr_scheduler {name}: unknown; choose from {', '.join(_DIFFUSERS + _TRANSFORMERS)}")
+    _check_scheduler_name(name)
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(name, optimizer, step_rules=kwargs.get("step_rules"), num_warmup_steps=warmup,

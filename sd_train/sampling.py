@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError, first_line
-from library.models.schedulers import SCHEDULERS, make_scheduler  # noqa: F401  (re-exported)
+from library.models.schedulers import SCHEDULERS, make_scheduler, step_kwargs  # noqa: F401  (re-exported)
 from sd_train.ema import sampling_weights
 
 logger = logging.getLogger(__name__)
@@ -116,9 +116,10 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
 
     from library.models.fp8 import compute_dtype
 
-    sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization)
+    sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization, p.sample_steps)
     sched.set_timesteps(p.sample_steps, device=device)
     gen = torch.Generator().manual_seed(p.seed if p.seed is not None else int(time.time()))
+    extra = step_kwargs(sched, gen)
     conds = family.encode_captions(models.text_encoders, [p.negative_prompt, p.prompt])
     shape = (1, 4, p.height // 8, p.width // 8)
     latents = (torch.randn(shape, generator=gen) * sched.init_noise_sigma).to(device)
@@ -131,7 +132,7 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
         tt = torch.full((2,), int(t), dtype=torch.long, device=device)
         pred = family.predict(unet, x.to(dtype), tt, conds.to(device, dtype), size_batch).float()
         uncond, cond = pred.chunk(2)
-        latents = sched.step(uncond + p.scale * (cond - uncond), t, latents, generator=gen).prev_sample
+        latents = sched.step(uncond + p.scale * (cond - uncond), t, latents, **extra).prev_sample
     vae = models.vae
     with torch.autocast(torch.device(device).type, enabled=False):  # the VAE keeps its dtype (--no_half_vae)
         image = vae.decode((latents / family.latent_scale).to(next(vae.parameters()).dtype)).sample

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from library.dataset import latent_cache
 from library.dataset.config import CliDefaults
@@ -28,8 +30,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import checkpointing, class_images, ema, metadata, objective, optim, pivotal, preservation, resume
-from sd_train import queue, sampling, te_stop, tracking
+from sd_train import (checkpointing, class_images, ema, interrupt, metadata, milestones, objective, optim,
+                      pivotal, preflight, preservation, queue, resume, sampling, te_stop, tracking)
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -37,13 +39,13 @@ from sd_train.families.base import family_kwargs
 from sd_train.distributed import average_gradients, gloo_on_cpu, process_state
 from sd_train.guard import NanGuard, batch_report, finite_flags
 from sd_train.loader import EpochLoader
+from sd_train.monitor import StepMonitor
 from sd_train.network_host import NetworkHost, parse_network_args
 from sd_train.resume import Progress
 from sd_train.steps import compute_steps
 from sd_train.validation import Validator
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
-LOSS_READ_EVERY = 10  # optimizer steps between host reads of the loss (no .item() every step)
 
 
 class Trainer:
@@ -61,13 +63,19 @@ class Trainer:
         self.schedule = noise_lib.make_schedule(options.training.zero_terminal_snr)
         self.noise_opts = noise_lib.NoiseOptions.from_training(options.training)
         self.loss_opts = loss_lib.LossOptions.from_training(options.training, options.model.v_parameterization)
+        self.final_saved, self.last_saved = False, None
+        self.argv: list[str] = []  # the command line, for the resume command of an interrupted run
 
     def setup(self) -> bool:
-        """Build everything in kohya's order (TRAINING.md §1 steps 2–9); False after --debug_dataset."""
+        """Build everything in kohya's order (TRAINING.md §1 steps 2–9); False after --debug_dataset.
+        The pre-flight checks (:mod:`sd_train.preflight`) run before any model loads."""
+        self.opts = preflight.check_options(self.opts, self.family)
         self._seed()
         class_images.fill_reg_subsets(self)  # --generate_class_images: before the dataset scan
         if not self._setup_data():
             return False
+        state = process_state(self.opts.training.ddp_timeout)
+        preflight.check_planned_run(self, state.num_processes, disk=state.is_main_process)
         self._setup_accelerator()
         self._setup_models()
         self._setup_network()
@@ -206,11 +214,12 @@ class Trainer:
             self.opts = self.opts.replace(save_every_n_epochs=max(1, self.num_epochs // ratio))
         self.optimizer, self.optimizer_name = optim.build_optimizer(groups, o.optimizer_type, o.learning_rate,
                                                                     o.optimizer_args)
+        self.scheduler_name = optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
+                                                         o.learning_rate)
         self.lr_scheduler = optim.build_scheduler(
-            self.optimizer, optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
-                                                       o.learning_rate),
-            num_training_steps=self.max_train_steps, num_warmup_steps=o.lr_warmup_steps or 0,
-            num_decay_steps=o.lr_decay_steps or 0, num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
+            self.optimizer, self.scheduler_name, num_training_steps=self.max_train_steps,
+            num_warmup_steps=o.lr_warmup_steps or 0, num_decay_steps=o.lr_decay_steps or 0,
+            num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
             timescale=o.lr_scheduler_timescale, min_lr_ratio=o.lr_scheduler_min_lr_ratio,
             scheduler_type=o.lr_scheduler_type or "", scheduler_args=o.lr_scheduler_args,
             num_processes=acc.num_processes)
@@ -221,6 +230,7 @@ class Trainer:
                                                                       self.lr_scheduler)
         if self.opts.model.full_fp16:
             optim.allow_fp16_unscale(acc.scaler)
+        self.monitor = StepMonitor(acc, self.lr_descriptions)
 
     def _build_metadata(self) -> dict[str, str]:
         """The ``ss_*`` / ``modelspec.*`` dict of this run (FORMAT.md §4–5)."""
@@ -234,21 +244,30 @@ class Trainer:
                "num_processes": self.accelerator.num_processes, "optimizer": self.optimizer_name,
                "network_args": args}
         info = self.family.model_info(o.model.pretrained_model_name_or_path, o.model.vae)
-        return metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
+        opt = o.optimizer
+        if self.scheduler_name != opt.lr_scheduler:  # kohya-compat: Adafactor's relative step rewrites both
+            opt = replace(opt, lr_scheduler=self.scheduler_name, learning_rate=None)
+        return metadata.build_metadata(o.model, o.dataset, o.training, opt, n, o.saving, summary=summary,
                                        model_info=info, run=run)
 
-    def train(self) -> None:
-        """Run epochs and optimizer steps with logging, saving and sampling cadence (CLI.md §7–11)."""
-        p, s, acc = self.progress, self.opts.saving, self.accelerator
+    def train(self) -> int:
+        """Run epochs and optimizer steps with logging, saving and sampling cadence (CLI.md §7–11).
+
+        Returns:
+            0, or 130 when SIGINT/SIGTERM stopped the run (see :mod:`sd_train.interrupt`).
+        """
+        p, acc = self.progress, self.accelerator
         accum = self.opts.training.gradient_accumulation_steps
         tes = self.family.plugin_text_encoders(self.models)
         tracking.init_trackers(acc, self.opts)
-        sampling.maybe_sample(self, None)  # --sample_at_first (only at step 0)
+        milestones.sample(self, None)  # --sample_at_first (only at step 0)
         d = self.opts.dataset
         loader = EpochLoader(self.dataset, acc.num_processes, acc.process_index, d.max_data_loader_n_workers,
                              d.persistent_data_loader_workers)
-        with tqdm(total=self.max_train_steps, initial=p.global_step, desc="steps",
-                  disable=not acc.is_local_main_process) as bar:
+        with logging_redirect_tqdm(), interrupt.StopRequest() as stop, tqdm(  # log lines go above the bar
+                total=self.max_train_steps, initial=p.global_step, desc="steps", disable=not acc.is_local_main_process
+        ) as bar:
+            self.monitor.bar = bar
             while p.epoch < self.num_epochs and p.global_step < self.max_train_steps:
                 self.host.on_epoch_start(tes, self.models.unet)
                 n_batches, window = len(loader.indices()), []
@@ -261,42 +280,19 @@ class Trainer:
                         continue
                     self._optimizer_step(window, batch)
                     window, p.global_step = [], p.global_step + 1
+                    ema.update(self, p.global_step)  # before this step's saves, samples or interrupt save
+                    self.te_stop.after_step(self, p.global_step)
                     bar.update(1)
-                    if p.global_step % LOSS_READ_EVERY == 0 or p.global_step == self.max_train_steps:
-                        self._flush_losses(bar)
-                    self._after_step()
+                    self._flush_losses()
+                    if p.global_step < self.max_train_steps and stop.requested(acc):  # the step is done; its
+                        return interrupt.save_interrupted(self)  # cadence saves and samples are left to the resume
+                    milestones.after_step(self)
                     if p.global_step >= self.max_train_steps:
                         break
-                self._flush_losses(bar)
                 if p.batch_index >= n_batches:
-                    self._end_epoch(p.epoch + 1)
-        self._save_model("final", epoch=self.num_epochs)
-        if s.save_state or s.save_state_on_train_end:
-            self.save_state("final")
-
-    def _after_step(self) -> None:
-        """Step cadence after an optimizer step: sampling first, then checkpoint and state folder."""
-        step, s = self.progress.global_step, self.opts.saving
-        ema.update(self, step)  # first: samples and files of this step see the updated EMA
-        self.te_stop.after_step(self, step)
-        sampling.maybe_sample(self, None)
-        if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < self.max_train_steps:
-            self._save_model("step")
-            if s.save_state:
-                self.save_state("step")
-        self.validator.after_step(step)
-
-    def _end_epoch(self, epoch_no: int) -> None:
-        """End of epoch ``epoch_no`` (from 1): epoch average, epoch checkpoint (not the last), sampling."""
-        p, s = self.progress, self.opts.saving
-        self.accelerator.log({"loss/epoch_average": self.losses.average}, step=epoch_no)
-        self.validator.after_epoch(epoch_no)
-        p.epoch, p.batch_index = p.epoch + 1, 0
-        if s.save_every_n_epochs and epoch_no % s.save_every_n_epochs == 0 and epoch_no < self.num_epochs:
-            self._save_model("epoch", epoch=epoch_no)
-            if s.save_state:
-                self.save_state("epoch", epoch=epoch_no)
-        sampling.maybe_sample(self, epoch_no)
+                    milestones.end_epoch(self, p.epoch + 1)
+        milestones.finish(self)
+        return 0
 
     def train_step(self, batch: dict, accum: int = 1) -> torch.Tensor:
         """One micro-batch: latents → noise → predict → loss → backward; returns the detached loss. No host
@@ -318,6 +314,7 @@ class Trainer:
         norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
         loss_ok, norm_ok = finite_flags(torch.stack(window).sum(), norm)
         scaler = self.accelerator.scaler  # fp16: GradScaler skips its own overflow steps and lowers its scale
+        self.monitor.before_step(self.optimizer)
         if loss_ok and (norm_ok or scaler is not None):
             self.optimizer.step()
             self.lr_scheduler.step()  # accelerate does not step it after a skipped GradScaler step
@@ -329,6 +326,7 @@ class Trainer:
             report = batch_report(batch, self._last_timesteps)
             self.accelerator.print(f"skipped non-finite step {step}: {report}")
             self.guard.record_skip(step, "loss or gradient norm", report)
+        self.monitor.after_step(step, self.lr_scheduler, self.guard.skipped_total)
         self.optimizer.zero_grad(set_to_none=True)
         if self.opts.network.scale_weight_norms:
             self.host.apply_max_norm_regularization(self.opts.network.scale_weight_norms, self.accelerator.device)
@@ -336,39 +334,11 @@ class Trainer:
             self.pivot.after_step()
         self.guard.check_params(params, step)
 
-    def _flush_losses(self, bar=None) -> None:
-        """Read pending losses (one host sync) and log kohya's scalars at the current step."""
-        rows = self.losses.flush()
-        extra = {f"lr/{d}": g["lr"] for d, g in zip(self.lr_descriptions, self.optimizer.param_groups)}
-        extra["sd_train/nonfinite_steps_skipped"] = self.guard.skipped_total
-        for step, current, average in rows:
-            self.accelerator.log({"loss/current": current, "loss/average": average, **extra}, step=step)
-        if bar is not None and rows:
-            bar.set_postfix(loss=f"{rows[-1][1]:.4f}", avg=f"{rows[-1][2]:.4f}",
-                            lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+    def _flush_losses(self) -> None:
+        """Read pending losses (one host sync) and log kohya's scalars with the learning rates of each step."""
+        self.monitor.write(self.losses.flush())
 
-    def _prune(self, kind: str, new_path: Path, index: int, state: bool) -> None:
-        """Remove the step/epoch file or state folder that --save_last_n_* rules out (CLI.md §8)."""
-        s, unit = self.opts.saving, "steps" if kind == "step" else "epochs"
-        every, keep = getattr(s, f"save_every_n_{unit}"), getattr(s, f"save_last_n_{unit}")
-        keep = (getattr(s, f"save_last_n_{unit}_state") if state else None) or keep
-        checkpointing.prune_after_save(s.output_dir, new_path, kind, s.output_name, index, every, keep,
-                         ext=None if state else s.save_model_as)
-
-    def _save_model(self, kind: str, epoch: int | None = None) -> Path:
-        """Write a checkpoint through the host (finite check + atomic rename), then prune."""
-        self.accelerator.wait_for_everyone()
-        s, step = self.opts.saving, self.progress.global_step
-        index = step if kind == "step" else epoch
-        path = Path(s.output_dir) / checkpointing.model_file_name(kind, s.output_name, s.save_model_as, index)
-        if self.accelerator.is_main_process:
-            meta = metadata.update_for_save(self.metadata, step, epoch or self.progress.epoch + 1)
-            ema.save_model(self, path, meta)  # the trained weights, or the EMA ones (--ema)
-            if kind != "final":
-                self._prune(kind, path, index, state=False)
-        return path
-
-    def save_state(self, kind: str, epoch: int | None = None) -> Path:
+    def save_state(self, kind: str, epoch: int | None = None) -> Path | None:
         """Write a state folder (see :func:`sd_train.resume.save_state`)."""
         return resume.save_state(self, kind, epoch)
 
@@ -391,10 +361,11 @@ def run(family_cls, argv: list[str] | None, entry: str) -> int:
         write_output_config(options, options.training.config_file, build_parser(entry))
         return 0
     trainer = Trainer(options, family_cls(**family_kwargs(options)))
+    trainer.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if trainer.setup():
-            trainer.train()
+        code = trainer.train() if trainer.setup() else 0
+        if trainer.final_saved:
             queue.write_result(trainer)  # the final loss for sd_train_queue's table
+        return code
     finally:
         trainer.cleanup()
-    return 0

@@ -1,7 +1,7 @@
 """Check a dataset and print its report without loading any model: ``check_dataset``.
 
 Reads the dataset TOML/JSON (or the folder convention / ``--in_json``), checks every image header,
-reads the captions, assigns buckets and prints the report of DATASET.md §11. ``--json`` prints one
+reads the captions, assigns buckets and prints the dataset report. ``--json`` prints one
 JSON document instead: datasets with per-image ``{"path", "bucket", "resized", "crop_ltrb",
 "original_size", "crop_top_left"}`` and per-bucket ``{"resolution", "count", ...}`` entries.
 """
@@ -16,25 +16,14 @@ import sys
 from library.dataset import CliDefaults, build_plan, prepare
 from library.errors import run_cli
 from library.models.families import family_from_flags
-
-
-def _flag_type(default):
-    if isinstance(default, bool):
-        return None
-    if isinstance(default, (int, float)):
-        return type(default)
-    return str
+from tools._common import add_dataset_flags, describe
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """Every dataset flag of the trainer (kohya names) plus ``--sdxl``, ``--seed``, ``--json``."""
-    p = argparse.ArgumentParser(prog="check_dataset", description=__doc__)
-    for f in dataclasses.fields(CliDefaults):
-        default = f.default
-        if isinstance(default, bool):
-            p.add_argument(f"--{f.name}", action="store_true")
-        else:
-            p.add_argument(f"--{f.name}", type=_flag_type(default), default=default)
+    p = argparse.ArgumentParser(prog="check_dataset", description=describe(__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_flags(p)
     p.add_argument("--sdxl", action="store_true", help="SDXL rules: bucket steps multiple of 32, "
                    "'sdxl' cache names")
     p.add_argument("--cache_latents", action="store_true", help="the run caches latents: without bucketing, "

@@ -16,13 +16,14 @@ from library.errors import run_cli
 from library.lora.convert import is_network_target, te_name_set, unet_name_table
 from library.lora.file import load_tensors, read_lora
 from library.lora.algebra import delta_weight, lora_scale
-from library.models.detect import LORA_FIT_ORDER
+from library.models.detect import LORA_FIT_ORDER, lora_name_families
 from library.models.families import family_spec
+from tools._common import describe
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """kohya's positional file and ``-s/--show_all_keys``."""
-    p = argparse.ArgumentParser(prog="check_lora_weights", description=__doc__)
+    p = argparse.ArgumentParser(prog="check_lora_weights", description=describe(__doc__))
     p.add_argument("file", help="LoRA file")
     p.add_argument("-s", "--show_all_keys", action="store_true", help="report every tensor, not only the first 10 modules")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -38,7 +39,9 @@ def family_names(family: str) -> set[str]:
 
 def best_fit(names: set[str]) -> tuple[str, list[str]]:
     """``(family, unmatched names)`` for the family whose name set covers the most modules."""
-    fits = {spec.name: sorted(names - family_names(spec.name)) for spec in LORA_FIT_ORDER}
+    # only the tables a name can match: an SD1/SD2 table imports diffusers (seconds), the SGM (SDXL) one not
+    candidates = lora_name_families(names) or LORA_FIT_ORDER
+    fits = {spec.name: sorted(names - family_names(spec.name)) for spec in candidates}
     fam = min(fits, key=lambda f: len(fits[f]))
     return fam, fits[fam]
 

@@ -1,4 +1,4 @@
-"""Convert SD1.x / SD2.x / SDXL checkpoints between a single file and a diffusers folder (TOOLS.md §7).
+"""Convert SD1.x / SD2.x / SDXL checkpoints between a single file and a diffusers folder.
 
 kohya's ``tools/convert_diffusers20_original_sd.py`` interface, extended to SDXL:
 ``convert_checkpoint MODEL_TO_LOAD MODEL_TO_SAVE [--sdxl] [--save_precision_as fp16]``. A path ending
@@ -17,6 +17,7 @@ import torch
 from library.log import setup_logging
 from library.errors import UserError, run_cli
 from library.models.families import family_spec, flagged_families
+from tools._common import describe
 
 logger = logging.getLogger(__name__)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
@@ -25,7 +26,7 @@ _SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.fl
 
 def setup_parser() -> argparse.ArgumentParser:
     """Flags of TOOLS.md §7 (kohya's converter) plus ``--sdxl``, ``--v_parameterization`` and ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="convert_checkpoint", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="convert_checkpoint", description=describe(__doc__.split("\n")[0]))
     p.add_argument("model_to_load", help="single file (.safetensors/.ckpt) or diffusers folder to read")
     p.add_argument("model_to_save", help="single file (.safetensors/.ckpt) or diffusers folder to write")
     fam = p.add_mutually_exclusive_group()

@@ -1,4 +1,4 @@
-"""Convert LoRAs between kohya and diffusers/PEFT layouts: ``convert_lora`` (TOOLS.md §6, FORMAT.md §9).
+"""Convert LoRAs between kohya and diffusers/PEFT layouts: ``convert_lora``.
 
 kohya → PEFT writes ``unet.*``, ``text_encoder.*`` and ``text_encoder_2.*`` keys with ``lora_A`` /
 ``lora_B``; alpha is baked into ``lora_B`` (``--alpha_mode bake``, loads the same everywhere) or kept
@@ -21,12 +21,12 @@ from library.lora.algebra import lora_scale
 from library.io.safetensors_io import save_lora_file
 from library.models.detect import family_of_peft
 from library.models.families import FAMILIES
-from tools._common import PRECISIONS, add_common, dtype_of, lora_metadata, progress
+from tools._common import PRECISIONS, add_common, describe, dtype_of, lora_metadata, progress
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """Flags of TOOLS.md §6 plus ``--drop_unsupported`` and ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="convert_lora", description=__doc__)
+    p = argparse.ArgumentParser(prog="convert_lora", description=describe(__doc__))
     p.add_argument("--model", required=True, help="input LoRA (kohya, PEFT, old diffusers)")
     p.add_argument("--save_to", required=True, help="output file")
     p.add_argument("--to", required=True, choices=("kohya", "peft"), help="output layout")

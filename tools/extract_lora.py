@@ -22,13 +22,13 @@ from library.lora.file import check_output, load_tensors, write_lora
 from library.lora.svd import extract_factors
 from library.io.safetensors_io import read_header
 from library.models.families import family_spec, flagged_families
-from tools._common import PRECISIONS, add_common, device_of, dtype_of, lora_metadata, progress
+from tools._common import PRECISIONS, add_common, describe, device_of, dtype_of, lora_metadata, progress
 
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """kohya's flags (TOOLS.md §5) plus ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="extract_lora", description=__doc__)
+    p = argparse.ArgumentParser(prog="extract_lora", description=describe(__doc__))
     p.add_argument("--model_org", required=True, help="original checkpoint (single file)")
     p.add_argument("--model_tuned", required=True, help="fine-tuned checkpoint (single file)")
     p.add_argument("--save_to", required=True, help="output LoRA")

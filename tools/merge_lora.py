@@ -1,4 +1,4 @@
-"""Merge LoRAs into a checkpoint, or into one LoRA: ``merge_lora`` / ``sdxl_merge_lora`` (TOOLS.md §1).
+"""Merge LoRAs into a checkpoint, or into one LoRA: ``merge_lora`` / ``sdxl_merge_lora``.
 
 Into a checkpoint (``--sd_model``): tensors are streamed from the memory-mapped base one at a time,
 each targeted weight gets ``Σ ratio · alpha/r · up @ down`` in the compute dtype, and the output is
@@ -23,17 +23,18 @@ from library.lora.svd import concat_merge, shuffle_ranks
 from library.io.safetensors_io import atomic_path, read_header
 from library.io.safetensors_stream import write_streaming
 from library.models.families import family_spec, flagged_families
-from tools._common import (PRECISIONS, add_common, add_lbws, check_ratios, common_value, device_of, dtype_of,
-                           lora_metadata, parse_lbws, progress, progress_bar)
+from tools._common import (PRECISIONS, add_common, add_lbws, check_ratios, common_value, describe, device_of,
+                           dtype_of, lora_metadata, parse_lbws, progress, progress_bar)
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool}
 
 
-def setup_parser() -> argparse.ArgumentParser:
-    """kohya's flags (TOOLS.md §1) plus ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="merge_lora", description=__doc__)
+def setup_parser(prog: str = "merge_lora") -> argparse.ArgumentParser:
+    """kohya's flags (TOOLS.md §1) plus ``--overwrite``; ``prog`` is ``merge_lora`` or ``sdxl_merge_lora``."""
+    p = argparse.ArgumentParser(prog=prog, description=describe(__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sd_model", default=None, help="base single-file checkpoint; without it the LoRAs are merged into one LoRA")
     p.add_argument("--save_to", required=True, help="output .safetensors (or .ckpt)")
     p.add_argument("--models", nargs="+", required=True, help="LoRA files, applied in order")
@@ -189,12 +190,17 @@ def _kohya_merge(name: str, items):
 
 
 def main(argv=None) -> int:
-    """Console entry point (``merge_lora`` and ``sdxl_merge_lora``)."""
+    """Console entry point ``merge_lora``."""
     return run_cli(_main, argv)
 
 
-def _main(argv) -> int:
-    args = setup_parser().parse_args(argv)
+def sdxl_main(argv=None) -> int:
+    """Console entry point ``sdxl_merge_lora`` (kohya's SDXL script name; same flags, SDXL detected from the keys)."""
+    return run_cli(lambda args: _main(args, "sdxl_merge_lora"), argv)
+
+
+def _main(argv, prog: str = "merge_lora") -> int:
+    args = setup_parser(prog).parse_args(argv)
     ratios = check_ratios(args.models, args.ratios)
     lbws = parse_lbws(args.lbws, args.models)
     check_output(args.save_to, args.overwrite)

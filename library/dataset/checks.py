@@ -41,6 +41,12 @@ def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
     if min(spec.resolution) < 1:
         raise UserError(f"{where}: resolution {spec.resolution[0]}x{spec.resolution[1]} must be positive")
     if not spec.enable_bucket:  # kohya-compat: the bucket settings are not read (nor checked)
+        bad = [side for side in spec.resolution if side % step_multiple]
+        if bad:  # sd-train: kohya stops at the first step with a UNet shape error
+            raise UserError(f"{where}: resolution {spec.resolution[0]}x{spec.resolution[1]} is not a multiple of "
+                            f"{step_multiple} (the UNet halves the latents until then); without bucketing use e.g. "
+                            f"{_round(spec.resolution[0], step_multiple)}x{_round(spec.resolution[1], step_multiple)}"
+                            ", or enable_bucket")
         return
     given = f"{where}.bucket_reso_steps = {steps}" if from_config else f"--bucket_reso_steps {steps}"
     _check_steps(spec, given, step_multiple, warnings)
@@ -62,6 +68,10 @@ def check_bucket_settings(spec: DatasetSpec, index: int, step_multiple: int,
     if spec.max_bucket_reso < max(spec.resolution):
         raise UserError(f"{where}: max_bucket_reso {spec.max_bucket_reso} must be >= "
                         f"max(resolution) {max(spec.resolution)}")
+
+
+def _round(side: int, multiple: int) -> int:
+    return max(multiple, side - side % multiple)
 
 
 def check_fixed_size(spec: DatasetSpec, records: list, index: int) -> None:

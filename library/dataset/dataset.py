@@ -107,7 +107,7 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         flipped = sub.flip_aug and rng.random() < 0.5
         item = {"rec": rec, "flipped": flipped, "image": None, "latents": None, "mask": None}
         if self.latents_cached:
-            self._fill_latents(item, rec, flipped, sub.alpha_mask)
+            self._fill_latents(item, ds, rec, sub, flipped)
         elif self.load_images:
             self._fill_image(item, ds, rec, sub, rng, flipped)
         else:
@@ -122,20 +122,27 @@ class BucketBatchDataset(torch.utils.data.Dataset):
                                               max_train_steps=max_steps, rewrite=self.caption_rewrite)
         return item
 
-    def _fill_latents(self, item: dict, rec, flipped: bool, want_alpha: bool) -> None:
+    def _fill_latents(self, item: dict, ds, rec, sub, flipped: bool) -> None:
         latents, latents_flipped, alpha, original, ltrb = load_record_latents(rec)
         if latents_flipped is None:  # cached without flipped latents: no flip
             flipped = item["flipped"] = False
         item["latents"] = latents_flipped if flipped else latents
-        if want_alpha and alpha is not None:
-            item["mask"] = torch.flip(alpha, dims=[1]) if flipped else alpha
+        # kohya-compat: conditioning-image masks are read at every fetch, whatever the latent cache
+        mask = self._conditioning_mask(ds, rec, sub) if rec.cond_path else alpha if sub.alpha_mask else None
+        if mask is not None:
+            item["mask"] = torch.flip(mask, dims=[1]) if flipped else mask
         item["original"], item["ltrb"] = original, ltrb
+
+    @staticmethod
+    def _conditioning_mask(ds, rec, sub) -> torch.Tensor:
+        """``(H, W)`` mask in [0, 1] from the red channel of the record's conditioning image (same geometry)."""
+        cond, _, _ = im.load_sample_array(ds.spec, rec, sub, None, path=rec.cond_path, resize_to_fit=True)
+        return torch.from_numpy(np.ascontiguousarray(cond[..., 0])).float() / 255
 
     def _fill_image(self, item: dict, ds, rec, sub, rng: random.Random, flipped: bool) -> None:
         arr, original, ltrb = im.load_sample_array(ds.spec, rec, sub, rng)
         if rec.cond_path:
-            cond, _, _ = im.load_sample_array(ds.spec, rec, sub, None, path=rec.cond_path)
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(cond[..., 0])).float() / 255
+            item["mask"] = self._conditioning_mask(ds, rec, sub)
         elif sub.alpha_mask:
             item["mask"] = im.alpha_of(arr)
         if flipped:

@@ -142,7 +142,8 @@ def alpha_of(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr[..., 3])).float() / 255.0
 
 
-def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | None = None):
+def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | None = None,
+                      resize_to_fit: bool = False):
     """Decode, resize and trim one image to its bucket.
 
     Args:
@@ -151,13 +152,15 @@ def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | Non
         sub: its subset spec (alpha, random_crop, face crop).
         rng: the sample generator for random crops (None: centred trim).
         path: decode this file instead (conditioning image), same geometry.
+        resize_to_fit: without bucketing, resize to cover the resolution and trim the centre, as for
+            bucketed data (kohya does so when it caches latents); otherwise such images must already fit.
 
     Returns:
         ``(array (H, W, C) uint8, original size (w, h), letterbox ltrb or None)``.
     """
     arr = load_image(path or rec.path, keep_alpha=sub.alpha_mask and path is None)
     interp = sub.resize_interpolation or spec.resize_interpolation
-    if spec.enable_bucket:
+    if spec.enable_bucket or resize_to_fit:
         arr = resize(arr, rec.resized, interp)
         arr, _ = trim(arr, rec.bucket, rng if sub.random_crop else None)
         return arr, rec.size, crop_ltrb(rec.bucket, rec.size)

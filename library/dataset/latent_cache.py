@@ -123,7 +123,8 @@ def _encode_checked(encode_fn, images: torch.Tensor, recs) -> torch.Tensor:
 
 
 def _encode_batch(ds, recs, encode_fn, flip: bool):
-    arrays = [load_sample_array(ds.spec, r, ds.subsets[r.subset].spec, None)[0] for r in recs]
+    # kohya-compat: caching resizes to cover the bucket and trims, with or without bucketing
+    arrays = [load_sample_array(ds.spec, r, ds.subsets[r.subset].spec, None, resize_to_fit=True)[0] for r in recs]
     images = torch.stack([to_tensor(a) for a in arrays])
     latents = _encode_checked(encode_fn, images, recs)
     flipped = _encode_checked(encode_fn, images.flip(-1), recs) if flip else [None] * len(recs)

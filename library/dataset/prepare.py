@@ -82,6 +82,25 @@ def _scan_metadata(sub: SubsetSpec, si: int, stats: SubsetStats) -> list[ImageRe
     return records
 
 
+CAPTION_LIKE = (".txt", ".caption", ".tags", ".wd14")  # extensions tried for the caption_extension hint
+
+
+def _caption_hints(sub: SubsetSpec, records: list[ImageRecord], stats: SubsetStats) -> list[str]:
+    """sd-train: kohya logs a line per image without a caption; here one warning per subset names the fix:
+    caption files of another extension next to the images, or images that train on an empty caption."""
+    hints = []
+    stems = [os.path.splitext(r.path)[0] for r in records if not r.caption_found]
+    other = next((ext for ext in CAPTION_LIKE if ext != sub.caption_extension
+                  and any(os.path.isfile(stem + ext) for stem in stems)), None)
+    if other:
+        hints.append(f"{sub.image_dir}: {len(stems)} images have no {sub.caption_extension} caption file but {other} "
+                     f"files are next to them: set caption_extension = \"{other}\"")
+    if stats.empty_captions:
+        hints.append(f"{sub.image_dir}: {stats.empty_captions} of {len(records)} images train with an empty caption "
+                     f"(no or empty {sub.caption_extension} files, no class_tokens); add captions or set class_tokens")
+    return hints
+
+
 def _subset_key(sub: SubsetSpec):
     return (sub.image_dir, sub.metadata_file, sub.conditioning_data_dir)
 
@@ -102,6 +121,8 @@ def scan_dataset(spec: DatasetSpec, warnings: list[str]):
         stats.img_count = len(found)
         if not found:
             warnings.append(f"{sub.image_dir or sub.metadata_file}: no images found")
+        elif sub.kind != "FT":
+            warnings += _caption_hints(sub, found, stats)
         records += found
     return stats_list, records
 

@@ -81,6 +81,23 @@ def family_of_lora(names: Iterable[str], shapes: Mapping[str, tuple] | None = No
     return SD1.name
 
 
+_SGM_UNET_NAMES = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+_DIFFUSERS_UNET_NAMES = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_")
+
+
+def lora_name_families(names: Iterable[str]) -> list:
+    """The families (in :data:`LORA_FIT_ORDER`) whose kohya LoRA naming occurs in ``names``: their text-encoder
+    prefixes (``lora_te_``, ``lora_te1_`` …) or their UNet naming (SGM ``input_blocks`` or diffusers paths).
+    Empty when no name has a family's form (a third-party plugin's own names, say)."""
+    names = list(names)
+
+    def signs(spec) -> tuple[str, ...]:
+        unet = _SGM_UNET_NAMES if spec.sgm_unet else _DIFFUSERS_UNET_NAMES
+        return (*(slot.lora_prefix + "_" for slot in spec.text_encoders), *unet)
+
+    return [spec for spec in LORA_FIT_ORDER if any(n.startswith(signs(spec)) for n in names)]
+
+
 def family_of_peft(down_shapes: Mapping[tuple[str, str], tuple]) -> str:
     """Guess the family of a PEFT / diffusers LoRA from ``{(component, module path): lora_A shape}``."""
     if any(comp == SDXL.text_encoders[1].diffusers_folder for comp, _ in down_shapes):

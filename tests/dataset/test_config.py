@@ -180,7 +180,7 @@ def test_folder_convention(tmp_path, make_image):
 
 def test_folder_convention_image_folder_itself(tmp_path, make_image):
     make_image(tmp_path / "imgs" / "a.png")
-    with pytest.raises(UserError, match=r"no `N_name` subfolders found in .*did you mean its "
+    with pytest.raises(UserError, match=r"--train_data_dir .*imgs: no `N_name` subfolders found; did you mean its "
                                         r"parent\?"):
         build_plan(CliDefaults(train_data_dir=str(tmp_path / "imgs"), resolution="512"))
 

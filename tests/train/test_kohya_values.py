@@ -24,6 +24,7 @@ UNSET_BOTH = [
     "huggingface_repo_visibility", "offload_optimizer_device", "offload_optimizer_nvme_path",
     "offload_param_device", "offload_param_nvme_path", "token_abstraction", "initializer_concept", "embedding_weights",
     "config_skip",
+    "fallback_output_dir",
 ]
 EMPTY_UNSET_FALSE_REFUSED = ["secondary_separator", "caption_prefix", "caption_suffix"]
 EMPTY_KEPT_FALSE_REFUSED = ["caption_extension", "caption_extention", "keep_tokens_separator", "optimizer_type"] + [

@@ -95,8 +95,6 @@ COMPUTED = {
     **{f"metadata_{n}": "test_metadata_options_reach_the_file" for n in (
         "author", "description", "license", "tags", "usage_hint", "thumbnail", "merged_from", "trigger_phrase",
         "preprocessor", "is_negative_embedding")},
-    **{f"save_last_n_{u}{s}": "tests/train/test_checkpointing.py (getattr(saving, f'save_last_n_{unit}'))"
-       for u in ("steps", "epochs") for s in ("", "_state")},
     "debug": "library.errors.run_cli looks for '--debug' in argv",
     "config_skip": "tests/train/test_config_files.py (cli.py hands it to the config reader)",
 }

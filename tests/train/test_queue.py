@@ -29,11 +29,13 @@ def test_three_configs_one_failing_table_shows_two_outputs_and_the_error(assets,
     runs, out, logs = tmp_path / "runs", tmp_path / "out", tmp_path / "logs"
     runs.mkdir()
     _config(runs, "a", ckpt, data, out)
-    _config(runs, "b", ckpt, data, out, network_args=["conv_dim=nope"])  # fails after the models load
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")  # exists: passes the queue's check
+    _config(runs, "b", ckpt, data, out, pretrained_model_name_or_path=str(broken))
     _config(runs, "c", ckpt, data, out)
     (runs / "data.toml").write_text(data.read_text())  # a dataset config in the folder is not a run
 
-    code = queue.main([str(runs), "--continue_on_error", "--log_dir", str(logs)])
+    code = queue.main([str(runs), "--continue_on_error", "--entry", "sdxl", "--log_dir", str(logs)])
     text = capsys.readouterr().out
     assert code == 1
     table = text[text.index("#  config"):].splitlines()
@@ -41,12 +43,12 @@ def test_three_configs_one_failing_table_shows_two_outputs_and_the_error(assets,
     assert table[1].split()[:3] == ["1", str(runs / "a.toml"), "done"]
     assert table[2].split()[:3] == ["2", str(runs / "b.toml"), "failed:"]
     assert table[3].split()[:3] == ["3", str(runs / "c.toml"), "done"]
-    assert "exit 2: error: --network_args conv_dim=nope: expected an integer, e.g. 8" in table[2]
+    assert f"error: {broken}: " in table[2] and "exit " in table[2]
     assert str(out / "a.safetensors") in table[1] and str(out / "c.safetensors") in table[3]
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["a.safetensors", "c.safetensors"]
     loss = json.loads((logs / "01_a.result.json").read_text())
     assert loss["steps"] == 1 and f"{loss['final_loss']:.4f}" == table[1].split()[-1]
-    assert "error: --network_args conv_dim=nope" in (logs / "02_b.log").read_text()
+    assert f"error: {broken}: " in (logs / "02_b.log").read_text()
 
     # run again: finished configs are skipped, nothing trains; --rerun trains them again
     (runs / "b.toml").unlink()
