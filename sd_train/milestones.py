@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from library.errors import first_line
-from sd_train import checkpointing, disk, metadata, sampling
+from sd_train import checkpointing, disk, ema, metadata, sampling
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,8 @@ def save_model(trainer, kind: str, epoch: int | None = None) -> Path | None:
         return path
     meta = metadata.update_for_save(trainer.metadata, step, epoch or trainer.progress.epoch + 1)
     size = disk.lora_bytes(trainer.host.network, trainer.save_dtype)
-    written = disk.write_guarded(trainer, path, lambda target: trainer.host.save(str(target), trainer.save_dtype, meta),
-                                 size, final=kind in disk.FINAL_KINDS)
+    written = disk.write_guarded(trainer, path, lambda target: ema.save_model(trainer, target, meta), size,
+                                 final=kind in disk.FINAL_KINDS)  # the trained weights, or the EMA ones (--ema)
     if written == path and kind in ("step", "epoch"):
         prune(trainer, kind, path, index, state=False)
     return written

@@ -25,4 +25,4 @@ class LoggingOptions:
         None, "Console log level (default INFO)", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     console_log_file: str | None = opt(None, "Log to this file instead of stderr")
     console_log_simple: bool = flag("Plain log format")
-    debug: bool = flag("sd-train: show full tracebacks of errors")  # sd-train: not a kohya flag
+    debug: bool = flag("Show full tracebacks of errors", ours=True)
