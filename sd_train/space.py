@@ -71,10 +71,12 @@ def estimate_lora_numel(options) -> int | None:
         return None
     tensors, _ = read_header(path)
     args = parse_network_args(n.network_args) if n.network_args else {}
-    conv = args.get("conv_dim")
+    try:  # a malformed number is the plugin's to report, in its own words, when it builds the network
+        dim, conv = int(n.network_dim or 4), int(args["conv_dim"]) if args.get("conv_dim") else None
+    except (TypeError, ValueError):
+        return None
     train_te = not n.network_train_unet_only and not options.dataset.cache_text_encoder_outputs
-    numel = lora_numel({k: v["shape"] for k, v in tensors.items()}, int(n.network_dim or 4),
-                       int(conv) if conv else None, train_te)
+    numel = lora_numel({k: v["shape"] for k, v in tensors.items()}, dim, conv, train_te)
     return numel if (n.network_module or "networks.lora") == "networks.lora" else 2 * numel
 
 
