@@ -25,7 +25,7 @@ def flag_table() -> str:
         m = f.metadata
         kind = "flag" if m["flag"] else getattr(m["type"], "__name__", "str") + ("*" if m["nargs"] else "")
         star = "★ " if m["common"] else ""
-        note = words.get(status.get(f.name, ""), "supported")
+        note = "sd-train addition" if m["ours"] else words.get(status.get(f.name, ""), "supported")
         if m["sdxl_only"]:
             note += ", SDXL only"
         default = "" if f.default in (None, False, "") else f"`{f.default}`"

@@ -50,6 +50,12 @@ def model_file_name(kind: str, output_name: str | None, ext: str, index: int | N
     return f"{_stem(kind, output_name, index)}.{ext}"
 
 
+def ema_path(path: str | os.PathLike) -> Path:
+    """The ``--ema_save_as both`` sibling of a model file: ``NAME-ema.safetensors`` next to ``NAME.safetensors``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-ema{path.suffix}")
+
+
 def embedding_file(model_path: str | os.PathLike) -> Path:
     """``{stem}_emb.safetensors`` beside a model file: the embedding file of a pivotal-tuning LoRA."""
     path = Path(model_path)
@@ -133,7 +139,8 @@ def prune_after_save(output_dir: str | os.PathLike, new_path: str | os.PathLike,
         return None
     name = model_file_name(kind, output_name, ext, old) if ext else state_dir_name(kind, output_name, old)
     target = Path(output_dir) / name
-    if ext:  # pivotal tuning: the embedding file written beside the model goes with it
+    if ext:  # its --ema_save_as both sibling and a pivotal-tuning embedding file go with it
+        _remove(ema_path(target))
         _remove(embedding_file(target))
     return str(target) if _remove(target) else None
 

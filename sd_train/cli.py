@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from typing import Any
+import sys
 
 from library.errors import UserError
+from sd_train import config_io
+from sd_train.argparser import build_parser
 from sd_train.compat import check_unsupported
 from sd_train.config_file import PROGS, load_config_file, toml_path
 from sd_train.families import family_class
@@ -23,45 +24,9 @@ from sd_train.options.rules import normalize, validate
 
 logger = logging.getLogger(__name__)
 
-NEVER_WRITTEN = ("config_file", "output_config", "wandb_api_key", "huggingface_token", "debug", "dry_run")
+NEVER_WRITTEN = ("config_file", "output_config", "config_skip", "wandb_api_key", "huggingface_token", "debug", "dry_run")
 
 __all__ = ["PROGS", "build_parser", "load_config_file", "parse_options", "validate", "write_output_config"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors raise :class:`UserError` (exit 2) instead of exiting."""
-
-    def error(self, message: str):  # noqa: D102
-        raise UserError(f"{self.prog}: {message}", exit_code=2)
-
-
-def build_parser(entry: str, *, suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """Build the argparse parser of one entry point from the option fields.
-
-    Args:
-        entry: ``"sd"`` (train_network.py, 193 kohya flags) or ``"sdxl"`` (196).
-        suppress_defaults: Leave unset options out of the result (used to find explicit flags).
-
-    Returns:
-        The parser (``allow_abbrev`` on, as kohya).
-    """
-    parser = _Parser(prog=family_class(entry).script(), allow_abbrev=True,
-                     argument_default=argparse.SUPPRESS if suppress_defaults else None)
-    for _, f in option_fields(entry):
-        meta = f.metadata
-        kwargs: dict[str, Any] = {"help": meta["help"].replace("%", "%%")}  # argparse formats help with %
-        if not suppress_defaults:
-            kwargs["default"] = f.default
-        if meta["flag"]:
-            kwargs["action"] = "store_true"
-        else:
-            kwargs.update(type=meta["type"] or str)
-            if meta["nargs"]:
-                kwargs["nargs"] = meta["nargs"]
-            if meta["choices"]:
-                kwargs["choices"] = meta["choices"]
-        parser.add_argument(f"--{f.name}", **kwargs)
-    return parser
 
 
 def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
@@ -81,7 +46,7 @@ def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
     family_class(entry)  # ValueError for an unknown entry
     given = vars(build_parser(entry, suppress_defaults=True).parse_args(argv))
     values = {f.name: f.default for _, f in option_fields(entry)}
-    if given.get("output_config"):
+    if given.get("output_config") and not config_io.is_preset_file(given.get("config_file")):
         if not given.get("config_file"):
             raise UserError("--output_config needs --config_file OUT.toml (the file to write)")
         values.update(given)
@@ -89,8 +54,8 @@ def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
     origins: dict[str, str] = {}
     if given.get("config_file"):
         path = toml_path(given["config_file"])
-        values.update(load_config_file(path, entry, origins))
-        given["config_file"] = os.path.splitext(path)[0]  # kohya-compat: stored without extension
+        values.update(load_config_file(path, entry, origins, given.get("config_skip")))
+        given["config_file"] = config_io.stored_name(path)
     values.update(given)
     origins.update(dict.fromkeys(given, "command line"))
     notes = read_values(values, origins)
@@ -105,16 +70,17 @@ def parse_options(argv: list[str] | None, entry: str) -> TrainOptions:
 
 def write_output_config(opts_or_ns: TrainOptions | argparse.Namespace, path: str,
                         parser: argparse.ArgumentParser | None = None) -> str:
-    """Write the options that differ from the parser defaults as a flat TOML (CLI.md §4).
+    """Write the options that differ from the parser defaults as a flat TOML, or JSON for a ``.json`` path
+    (CLI.md §4). A kohya_ss GUI preset is the input, never the output: its effective flags print to stdout.
 
     Args:
         opts_or_ns: Parsed options or kohya's flat namespace.
-        path: Output path (``.toml`` appended when missing); never overwritten.
+        path: Output path (``.toml`` appended without .toml/.json); never overwritten.
         parser: The entry point's parser (``build_parser(entry)``): order and defaults (default:
             the SDXL parser, whose defaults and order are the same for every shared flag).
 
     Returns:
-        The path written.
+        The path written (``"-"`` when printed).
 
     Raises:
         UserError: The file exists (exit 1).
@@ -129,9 +95,7 @@ def write_output_config(opts_or_ns: TrainOptions | argparse.Namespace, path: str
             continue
         if values[name] != action.default and values[name] is not None:
             out[name] = values[name]
-    path = toml_path(path)
-    if os.path.exists(path):
-        raise UserError(f"{path}: already exists; --output_config never overwrites a file", exit_code=1)
-    with open(path, "x", encoding="utf-8") as fh:
-        fh.write(toml.dumps(out))
-    return path
+    if config_io.is_preset_file(path):
+        sys.stdout.write(toml.dumps(out))
+        return "-"
+    return config_io.write_document(out, toml_path(path))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
-import sys
 from typing import Any
 
 from library.errors import UserError
+from sd_train import config_io
+from sd_train.argparser import build_parser
 from sd_train.compat import GUI_ONLY_KEYS
 from sd_train.families import ENTRIES
 from sd_train.options import option_fields
@@ -30,8 +30,9 @@ PROGS = {entry: cls.script() for entry, cls in ENTRIES.items()}
 
 
 def toml_path(path: str) -> str:
-    """``path`` with ``.toml`` appended when missing (kohya-compat)."""
-    return path if path.endswith(".toml") else path + ".toml"
+    """``path`` with ``.toml`` appended unless it ends in ``.toml`` or ``.json`` (kohya-compat: .toml appended;
+    sd-train: JSON configs, :mod:`sd_train.config_io`)."""
+    return path if path.endswith((".toml", ".json")) else path + ".toml"
 
 
 def toml_value(value: Any) -> str:
@@ -43,20 +44,6 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)
-
-
-def _read_toml(path: str) -> dict:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:
-        import tomli as tomllib
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: config file not found (--config_file)", exit_code=1)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: invalid TOML: {exc}") from exc
 
 
 def _flatten(doc: dict, path: str) -> dict[str, tuple[Any, str]]:
@@ -161,13 +148,16 @@ def convert_value(f, value: Any, where: str) -> Any:
     return _convert_scalar(meta, value, where)
 
 
-def load_config_file(path: str, entry: str, origins: dict[str, str] | None = None) -> dict[str, Any]:
-    """Read a training TOML into converted ``{flag_name: value}`` (flattened one level).
+def load_config_file(path: str, entry: str, origins: dict[str, str] | None = None,
+                     skip: str | None = None) -> dict[str, Any]:
+    """Read a training TOML or JSON, or a kohya_ss GUI preset (:mod:`sd_train.config_io`), into converted
+    ``{flag_name: value}`` (flattened one level).
 
     Args:
-        path: TOML path (``.toml`` appended when missing).
+        path: TOML or JSON path (``.toml`` appended without either suffix).
         entry: ``"sd"`` or ``"sdxl"``; keys of the other entry point are errors.
         origins: Filled with ``{flag_name: "file [table]"}`` (where each value came from), when given.
+        skip: ``--config_skip``: comma-separated keys of the file to ignore.
 
     Raises:
         UserError: Missing file (exit 1), bad TOML, unknown key or bad value (exit 2).
@@ -175,7 +165,8 @@ def load_config_file(path: str, entry: str, origins: dict[str, str] | None = Non
     path = toml_path(path)
     fields = {f.name: f for _, f in option_fields(entry)}
     values = {}
-    for key, (value, where) in _flatten(_read_toml(path), path).items():
+    doc = config_io.read_config(path, entry, skip, build_parser(entry, suppress_defaults=True).parse_args)
+    for key, (value, where) in _flatten(doc, path).items():
         if key in GUI_ONLY_KEYS:  # kohya-compat: sd-scripts ignores the kohya_ss GUI's own keys
             logger.warning("%s: %s = %s is a kohya_ss GUI setting, not a training option; ignored (as kohya "
                            "does): %s", where, key, toml_value(value), GUI_ONLY_KEYS[key])

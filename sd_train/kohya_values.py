@@ -134,6 +134,8 @@ def _readings() -> dict[str, Reading]:
     for name in ("token_abstraction", "initializer_concept", "embedding_weights", "token_string", "init_word",
                  "weights"):
         r[name] = Reading(UNSET, UNSET)  # new tokens (docs/PIVOTAL.md): an empty word or file is no word or file
+    r["config_skip"] = Reading(UNSET, UNSET)  # sd-train additions (docs/DECISIONS.md, issue #16)
+    r["ema_save_as"] = Reading(REFUSE, REFUSE, 'write "main" or "both", or remove the key')
     return r
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from library.errors import first_line
-from sd_train import checkpointing, disk, metadata
+from sd_train import checkpointing, disk, ema, metadata
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ def save_model(trainer, kind: str, epoch: int | None = None) -> Path | None:
         return path
     meta = metadata.update_for_save(trainer.metadata, step, epoch or trainer.progress.epoch + 1)
     size, started = disk.lora_bytes(trainer.host.network, trainer.save_dtype), time.perf_counter()
-    written = disk.write_guarded(trainer, path, lambda target: trainer.host.save(str(target), trainer.save_dtype, meta),
-                                 size, final=kind in disk.FINAL_KINDS)
+    written = disk.write_guarded(trainer, path, lambda target: ema.save_model(trainer, target, meta), size,
+                                 final=kind in disk.FINAL_KINDS)  # the trained weights, or the EMA ones (--ema)
     trainer.narrator.saved(trainer, written, time.perf_counter() - started, report=kind in ("step", "epoch"))
     if written == path and kind in ("step", "epoch"):
         prune(trainer, kind, path, index, state=False)

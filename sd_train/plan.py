@@ -81,9 +81,12 @@ def estimate_network(opts, family_name: str, metadata_bytes: int = METADATA_GUES
     if not shapes:
         return None
     args = parse_network_args(n.network_args)
-    conv_dim = int(args["conv_dim"]) if args.get("conv_dim") not in (None, "") else None
+    try:  # a malformed number is the plugin's to report, in its own words, when it builds the network
+        dim, conv_dim = int(n.network_dim or 4), int(args["conv_dim"]) if args.get("conv_dim") else None
+    except (TypeError, ValueError):
+        return None
     unet, te, _ = trained_parts(opts)
-    return estimate_lora(shapes, family_name, n.network_dim or 4, conv_dim, unet=unet, text_encoders=te,
+    return estimate_lora(shapes, family_name, dim, conv_dim, unet=unet, text_encoders=te,
                          bytes_per_value=SAVE_BYTES[save_precision(opts)], metadata_bytes=metadata_bytes)
 
 

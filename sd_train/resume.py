@@ -20,7 +20,7 @@ from safetensors.torch import save_file as save_safetensors
 from accelerate.utils import gather_object
 
 from library.errors import UserError, first_line
-from sd_train import checkpointing, disk, milestones, resume_policy
+from sd_train import checkpointing, disk, ema, milestones, resume_policy
 from sd_train import noise as noise_lib
 
 RESUME_RECORD = "sd_train_resume.pt"
@@ -145,6 +145,7 @@ def save_state(trainer, kind: str, epoch: int | None = None) -> Path | None:
     def write(folder: Path) -> None:
         with checkpointing.atomic_state_dir(folder) as tmp:
             write_accelerate_files(acc, trainer.network, trainer.optimizer, trainer.lr_scheduler, tmp)
+            ema.save_state(trainer, tmp)
             if getattr(trainer, "pivot", None):  # pivotal tuning: the new tokens' rows
                 trainer.pivot.save_state(tmp)
             for rank, record in enumerate(records):

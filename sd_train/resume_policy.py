@@ -25,7 +25,8 @@ REFUSED = ("dataset", "train_batch_size", "gradient_accumulation_steps", "seed",
 SCHEDULE = ("learning_rate", "unet_lr", "text_encoder_lr", "lr_scheduler", "lr_warmup_steps", "lr_decay_steps",
             "lr_scheduler_num_cycles", "lr_scheduler_power", "lr_scheduler_timescale", "lr_scheduler_min_lr_ratio",
             "lr_scheduler_type", "lr_scheduler_args", "max_train_steps", "loss_type", "huber_c", "network_dropout",
-            "noise_offset", "multires_noise_iterations", "ip_noise_gamma", "min_snr_gamma")
+            "noise_offset", "multires_noise_iterations", "ip_noise_gamma", "min_snr_gamma",
+            "stop_text_encoder_training", "train_text_encoder_frac")
 
 
 def data_order_fingerprint(prepared) -> str:

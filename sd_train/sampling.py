@@ -16,6 +16,7 @@ import torch
 
 from library.errors import UserError, first_line
 from library.models.schedulers import SCHEDULERS, make_scheduler, step_kwargs  # noqa: F401  (re-exported)
+from sd_train.ema import sampling_weights
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ def maybe_sample(trainer, epoch: int | None) -> list[Path]:
         return []
     snap = rng_snapshot()
     try:
-        return sample_during_training(trainer, epoch=epoch, step=step)
+        with sampling_weights(trainer):  # --ema_for_sampling
+            return sample_during_training(trainer, epoch=epoch, step=step)
     finally:
         rng_restore(snap)

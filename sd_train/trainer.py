@@ -30,8 +30,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import (checkpointing, class_images, interrupt, metadata, milestones, objective, optim, pivotal,
-                      preflight, preservation, resume, sampling, tracking)
+from sd_train import (checkpointing, class_images, ema, interrupt, metadata, milestones, objective, optim,
+                      pivotal, preflight, preservation, queue, resume, sampling, te_stop, tracking)
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -90,6 +90,7 @@ class Trainer:
         self.progress = resume.initial_progress(t.initial_step, t.initial_epoch, t.skip_until_initial_step,
                                                 self.steps_per_epoch, self.max_train_steps,
                                                 t.gradient_accumulation_steps) or self.progress
+        self.ema, self.te_stop = ema.create(self), te_stop.TextEncoderStop(self)  # after the resume: state and step
         self.validator = Validator(self, self.val_dataset)
         self.metadata = self._build_metadata()
         return True
@@ -281,6 +282,8 @@ class Trainer:
                         continue
                     self._optimizer_step(window, batch)
                     window, p.global_step = [], p.global_step + 1
+                    ema.update(self, p.global_step)  # before this step's saves, samples or interrupt save
+                    self.te_stop.after_step(self, p.global_step)
                     bar.update(1)
                     self._flush_losses()
                     if p.global_step < self.max_train_steps and stop.requested(acc):  # the step is done; its
@@ -365,6 +368,9 @@ def run(family_cls, argv: list[str] | None, entry: str) -> int:
     trainer = Trainer(options, family_cls(**family_kwargs(options)))
     trainer.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return trainer.train() if trainer.setup() else 0
+        code = trainer.train() if trainer.setup() else 0
+        if trainer.final_saved:
+            queue.write_result(trainer)  # the final loss for sd_train_queue's table
+        return code
     finally:
         trainer.cleanup()

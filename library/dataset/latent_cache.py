@@ -220,15 +220,24 @@ def cache_latents(dataset, encode_fn, *, batch_size: int, to_disk: bool, skip_ch
     return len(todo)
 
 
-def _check_frozen_captions(dataset) -> None:
+def caption_randomness(dataset) -> list[tuple[str, list[str]]]:
+    """``(image_dir, [caption options that vary the caption between fetches])`` of each subset that has any."""
+    found = []
     for ds in dataset.datasets:
         for st in ds.subsets:
             used = st.caption_options.random_settings()
             if used:
-                where = st.spec.image_dir or st.spec.metadata_file
-                raise UserError(f"{where}: --cache_text_encoder_outputs would freeze the caption "
-                                f"randomness of {', '.join(used)}; turn those off or do not "
-                                "cache text-encoder outputs")
+                found.append((st.spec.image_dir or st.spec.metadata_file, used))
+    return found
+
+
+def _check_frozen_captions(dataset) -> None:
+    randomness = caption_randomness(dataset)
+    if randomness:
+        where, used = randomness[0]
+        raise UserError(f"{where}: --cache_text_encoder_outputs would freeze the caption "
+                        f"randomness of {', '.join(used)}; turn those off or do not "
+                        "cache text-encoder outputs")
 
 
 def _caption_key(caption: str, variant: str = "") -> np.ndarray:

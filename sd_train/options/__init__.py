@@ -22,6 +22,7 @@ from sd_train.options.pivotal import PivotalOptions, TextualInversionOptions
 from sd_train.options.sampling import SamplingOptions
 from sd_train.options.saving import SavingOptions
 from sd_train.options.training import TrainingOptions
+from sd_train.options.workflow import EmaOptions
 
 GROUPS: dict[str, type] = {
     "model": ModelOptions,
@@ -34,6 +35,7 @@ GROUPS: dict[str, type] = {
     "sampling": SamplingOptions,
     "pivotal": PivotalOptions,
     "textual_inversion": TextualInversionOptions,
+    "ema": EmaOptions,
 }
 
 
@@ -76,6 +78,7 @@ class TrainOptions:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     pivotal: PivotalOptions = field(default_factory=PivotalOptions)
     textual_inversion: TextualInversionOptions = field(default_factory=TextualInversionOptions)
+    ema: EmaOptions = field(default_factory=EmaOptions)
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> "TrainOptions":
@@ -113,7 +116,7 @@ class TrainOptions:
 
 
 __all__ = [
-    "GROUPS", "TrainOptions", "option_fields", "DatasetOptions", "LoggingOptions", "ModelOptions",
+    "GROUPS", "TrainOptions", "option_fields", "DatasetOptions", "EmaOptions", "LoggingOptions", "ModelOptions",
     "NetworkOptions", "OptimizerOptions", "PivotalOptions", "SamplingOptions", "SavingOptions",
     "TextualInversionOptions", "TrainingOptions",
 ]

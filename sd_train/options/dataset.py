@@ -27,8 +27,8 @@ class DatasetOptions:
         None, "Parent of the N_name image folders (with --in_json: the image folder)", common=True)
     reg_data_dir: str | None = opt(None, "Parent of the N_name folders with regularization images")
     generate_class_images: int | None = opt(
-        None, "sd-train: before training, fill each regularization folder up to N images made by the base model",
-        type=int)
+        None, "Before training, fill each regularization folder up to N images made by the base model", type=int,
+        ours=True)
     in_json: str | None = opt(None, "Fine-tuning metadata file (.json / .jsonl)")
     dataset_repeats: int = opt(1, "Repeats of the --in_json subset", type=int)
     dataset_config: str | None = opt(

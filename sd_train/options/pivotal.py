@@ -22,27 +22,28 @@ class PivotalOptions:
 
     token_abstraction: str | None = opt(
         None, "Placeholder words, comma-separated (TOK or TOK,TOK2), as written in captions, class_tokens, "
-        "prefixes and sample prompts; each becomes --num_new_tokens_per_abstraction new tokens <s0><s1>...")
-    num_new_tokens_per_abstraction: int = opt(2, "New tokens per placeholder word", type=int)
+        "prefixes and sample prompts; each becomes --num_new_tokens_per_abstraction new tokens <s0><s1>...", ours=True)
+    num_new_tokens_per_abstraction: int = opt(2, "New tokens per placeholder word", type=int, ours=True)
     initializer_concept: str | None = opt(
         None, "Start the new tokens from these words' embeddings (one per token when the counts match, else "
-        "their mean); unset: random rows scaled to the embedding table's standard deviation")
+        "their mean); unset: random rows scaled to the embedding table's standard deviation", ours=True)
     train_text_encoder_ti: bool = flag(
         "Pivotal tuning: train the new tokens' embedding rows together with the network (every other row "
-        "stays bit-identical); --token_abstraction defaults to TOK")
+        "stays bit-identical); --token_abstraction defaults to TOK", ours=True)
     ti_lr: float | None = opt(None, "Learning rate of the new embedding rows (default: --text_encoder_lr, else "
-                                    "--learning_rate)", type=float)
+                                    "--learning_rate)", type=float, ours=True)
     train_text_encoder_ti_frac: float = opt(
-        0.5, "Train the embedding rows for this fraction of the optimizer steps, then keep them fixed", type=float)
+        0.5, "Train the embedding rows for this fraction of the optimizer steps, then keep them fixed", type=float,
+        ours=True)
     ti_norm_clip: float | None = opt(
         None, "After each step, shrink any new row whose L2 norm exceeds this multiple of the mean row norm of "
-        "its text encoder's vocabulary (e.g. 1.5); unset: no clipping", type=float)
+        "its text encoder's vocabulary (e.g. 1.5); unset: no clipping", type=float, ours=True)
     embedding_weights: str | None = opt(
         None, "Embedding file to start the new tokens from (an earlier run's _emb file; default: the "
-        "{name}_emb.safetensors beside --network_weights when it exists)")
+        "{name}_emb.safetensors beside --network_weights when it exists)", ours=True)
     bundle_embeddings: bool = flag(
         "Also store the rows inside the LoRA as bundle_emb.<TOK>.* keys, which A1111 loads with the LoRA; "
-        "off by default because diffusers' load_lora_weights rejects LoRA files with such keys")
+        "off by default because diffusers' load_lora_weights rejects LoRA files with such keys", ours=True)
 
 
 @dataclass(frozen=True)

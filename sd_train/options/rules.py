@@ -12,6 +12,7 @@ from typing import Any, Callable
 from library.errors import UserError
 from sd_train.options import TrainOptions
 from sd_train.options import pivotal
+from sd_train.options.workflow import workflow_rules
 
 
 def normalize(values: dict[str, Any], entry: str) -> list[str]:
@@ -152,6 +153,7 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
         ("warning", lambda v, e: not _family(v, e).uses_clip_skip and v["clip_skip"] is not None,
          "--clip_skip is ignored for SDXL (sdxl_train_network.py always uses the penultimate layer)"),
         *pivotal.rules(),
+        *workflow_rules(),
     ]
 
 

@@ -198,3 +198,12 @@ def test_real_full_tmpfs(plain_assets, tmp_path):
     assert not [name for name in listing if ".tmp-" in name]
     assert {"at-step00000001.safetensors", "at-step00000002.safetensors", "at-step00000003.safetensors"} <= set(listing)
     assert "last.safetensors" not in listing
+
+
+def test_malformed_conv_dim_is_the_plugins_one_line_not_an_estimate_traceback(plain_assets, tmp_path, capsys):
+    """The size estimate skips a ``conv_dim`` it cannot read; the plugin then names the value in one line."""
+    assert sdxl_main(_args(plain_assets, tmp_path / "out", "--max_train_steps", "1",
+                           "--network_args", "conv_dim=nope")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "conv_dim" in err.strip().splitlines()[-1] and "nope" in err.strip().splitlines()[-1]

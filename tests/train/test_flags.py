@@ -12,8 +12,7 @@ from sd_train.compat import unsupported_table
 from sd_train.options import PivotalOptions, option_fields
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-OURS = {"debug", "max_nan_steps", "generate_class_images", "no_save_on_interrupt", "fallback_output_dir",
-        "force", "dry_run", "quiet"} | {f.name for f in dataclasses.fields(PivotalOptions)}  # sd-train's own flags
+OURS = {f.name for _, f in option_fields("sdxl") if f.metadata["ours"]}  # sd-train's own flags
 
 
 def _kohya(entry: str) -> set[str]:

@@ -23,6 +23,7 @@ UNSET_BOTH = [
     "huggingface_repo_id", "huggingface_repo_type", "huggingface_path_in_repo", "huggingface_token",
     "huggingface_repo_visibility", "offload_optimizer_device", "offload_optimizer_nvme_path",
     "offload_param_device", "offload_param_nvme_path", "token_abstraction", "initializer_concept", "embedding_weights",
+    "config_skip",
     "fallback_output_dir",
 ]
 EMPTY_UNSET_FALSE_REFUSED = ["secondary_separator", "caption_prefix", "caption_suffix"]
@@ -32,7 +33,7 @@ EMPTY_KEPT_FALSE_REFUSED = ["caption_extension", "caption_extention", "keep_toke
 REFUSED_BOTH = [
     "pretrained_model_name_or_path", "vae", "mixed_precision", "dataset_config", "dataset_class", "resolution",
     "resize_interpolation", "face_crop_aug_range", "loss_type", "lr_scheduler", "network_module",
-    "network_weights", "output_dir", "logging_dir", "log_with", "console_log_level",
+    "network_weights", "output_dir", "logging_dir", "log_with", "console_log_level", "ema_save_as",
 ]
 # option -> (context in which kohya never reads it, context in which it does)
 CONDITIONAL = {

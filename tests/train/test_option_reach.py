@@ -96,12 +96,13 @@ COMPUTED = {
         "author", "description", "license", "tags", "usage_hint", "thumbnail", "merged_from", "trigger_phrase",
         "preprocessor", "is_negative_embedding")},
     "debug": "library.errors.run_cli looks for '--debug' in argv",
+    "config_skip": "tests/train/test_config_files.py (cli.py hands it to the config reader)",
 }
 
 
 def test_every_option_is_read_by_the_trainer_or_named_in_a_line():
     """The parsers and tables that only *name* options do not count as reading them."""
-    naming_only = {"cli.py", "config_file.py", "kohya_values.py", "compat.py"}
+    naming_only = {"cli.py", "config_file.py", "kohya_values.py", "compat.py", "gui_preset.py"}
     paths = [p for d in ("sd_train", "library", "networks") for p in (ROOT / d).rglob("*.py")
              if p.name not in naming_only and not (p.parent.name == "options" and p.name != "rules.py")]
     unread = {f.name for _, f in option_fields("sdxl")} - _names_read(paths)

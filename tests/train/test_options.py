@@ -8,7 +8,7 @@ import pytest
 
 from library.errors import UserError
 from sd_train.compat import check_unsupported
-from sd_train.options import TrainOptions
+from sd_train.options import TrainOptions, option_fields
 from sd_train.options.base import int_or_ratio, parse_resolution, resolve_step_count
 from sd_train.options.rules import normalize, rule_messages, validate
 
@@ -18,10 +18,8 @@ def test_namespace_is_flat_with_kohya_names():
     assert isinstance(ns, argparse.Namespace)
     assert ns.network_dim == 8 and ns.network_args == ["conv_dim=4"]
     assert ns.network_alpha == 1 and ns.caption_extension == ".caption" and ns.max_train_steps == 1600
-    # kohya's 196 SDXL flags + --debug, --max_nan_steps, --generate_class_images (ours) + 9 pivotal-tuning (ours)
-    # + kohya's 6 textual-inversion flags + --no_save_on_interrupt, --fallback_output_dir, --force, --dry_run,
-    # --quiet (ours)
-    assert len(vars(ns)) == 199 + 9 + 6 + 5
+    # kohya's 196 SDXL flags + ours (sd-train additions) + kohya's 6 textual-inversion flags
+    assert len(vars(ns)) == 196 + len({f.name for _, f in option_fields() if f.metadata["ours"]}) + 6
 
 
 def test_options_are_frozen_and_unknown_names_rejected():
@@ -106,6 +104,13 @@ ERRORS = [
     (dict(torch_compile=True, dynamo_backend="no"), "--torch_compile with --dynamo_backend no compiles nothing"),
     (dict(base_weights=["a"], base_weights_multiplier=[1.0, 2.0]), "--base_weights_multiplier"),
     (dict(use_8bit_adam=True, optimizer_type="Lion"), "--use_8bit_adam and --optimizer_type Lion"),
+    (dict(ema=True, ema_decay=1.5), "--ema_decay must be between 0 and 1"),
+    (dict(ema=True, ema_update_every=0), "--ema_update_every must be at least 1"),
+    (dict(stop_text_encoder_training=5, train_text_encoder_frac=0.5), "are both set; keep one"),
+    (dict(stop_text_encoder_training=-1), "--stop_text_encoder_training must be at least 1 (to train no text"),
+    (dict(train_text_encoder_frac=0.0), "--train_text_encoder_frac must be in (0, 1]"),
+    (dict(train_text_encoder_frac=1.5), "--train_text_encoder_frac must be in (0, 1]"),
+    (dict(train_text_encoder_frac=0.5, network_train_text_encoder_only=True), "would leave nothing to train"),
 ]
 
 
@@ -118,6 +123,8 @@ def test_error_rules(changes, fragment):
 def test_edge_values_that_are_valid():
     assert _validate(min_timestep=500, max_timestep=500, network_dim=1, max_grad_norm=0.0, network_dropout=0.0) == []
     assert _validate(min_timestep=0, max_timestep=1000, learning_rate=0.0, text_encoder_lr=[0.0, 1e-5]) == []
+    assert _validate(ema=True, ema_decay=0.0, train_text_encoder_frac=1.0) == []
+    assert _validate(ema=True, ema_decay=1.0, stop_text_encoder_training=1) == []
 
 
 def test_bucket_steps_are_checked_per_dataset_not_as_a_flag():
@@ -137,6 +144,8 @@ def test_bucket_steps_are_checked_per_dataset_not_as_a_flag():
     (dict(clip_skip=2), "--clip_skip is ignored for SDXL"),
     (dict(full_fp16=True, mixed_precision="fp16"), "--full_fp16 with AdamW: fp16 rounds its eps"),
     (dict(full_fp16=True, mixed_precision="fp16", optimizer_type="adamw"), "prefer --optimizer_type AdamW8bit"),
+    (dict(ema_decay=0.99), "--ema_* options have no effect without --ema"),
+    (dict(stop_text_encoder_training=5, network_train_unet_only=True), "the text encoder is not trained"),
 ])
 def test_warning_rules(changes, fragment):
     notes = _validate(**changes)
@@ -154,7 +163,7 @@ def test_every_rule_has_a_test():
     messages = [m for _, m in rule_messages() if m not in own_tests]
     fragments = [f for _, f in ERRORS] + [
         "--zero_terminal_snr", "--enable_wildcard", "--caption_dropout_every_n_epochs", "--clip_skip", "multiple of 32",
-        "--fp8_base", "--full_fp16 with AdamW"]
+        "--fp8_base", "--full_fp16 with AdamW", "--ema_* options", "the text encoder is not trained"]
     for message in messages:
         assert any(f in message for f in fragments), message
 
