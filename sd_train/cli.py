@@ -24,7 +24,7 @@ from sd_train.options.rules import normalize, validate
 
 logger = logging.getLogger(__name__)
 
-NEVER_WRITTEN = ("config_file", "output_config", "config_skip", "wandb_api_key", "huggingface_token", "debug")
+NEVER_WRITTEN = ("config_file", "output_config", "config_skip", "wandb_api_key", "huggingface_token", "debug", "dry_run")
 
 __all__ = ["PROGS", "build_parser", "load_config_file", "parse_options", "validate", "write_output_config"]
 

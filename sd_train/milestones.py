@@ -8,10 +8,11 @@ sampler crash there leaves no LoRA at all. A sampling error is one warning line 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from library.errors import first_line
-from sd_train import checkpointing, disk, ema, metadata, sampling
+from sd_train import checkpointing, disk, ema, metadata
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def after_step(trainer) -> None:
         if s.save_state:
             trainer.save_state("step")
     sample(trainer, None)
-    trainer.validator.after_step(step)
+    trainer.narrator.validation("step", step, trainer.validator.after_step(step))
 
 
 def end_epoch(trainer, epoch_no: int) -> None:
@@ -35,7 +36,7 @@ def end_epoch(trainer, epoch_no: int) -> None:
     final save covers it), then sampling."""
     p, s = trainer.progress, trainer.opts.saving
     trainer.accelerator.log({"loss/epoch_average": trainer.losses.average}, step=epoch_no)
-    trainer.validator.after_epoch(epoch_no)
+    trainer.narrator.epoch_end(epoch_no, trainer.losses.average, trainer.validator.after_epoch(epoch_no))
     p.epoch, p.batch_index = p.epoch + 1, 0
     if p.global_step >= trainer.max_train_steps:
         finish(trainer)
@@ -60,7 +61,7 @@ def finish(trainer) -> None:
 def sample(trainer, epoch: int | None) -> None:
     """Render the sample prompts when due; an error becomes one warning line and the run goes on."""
     try:
-        sampling.maybe_sample(trainer, epoch)
+        trainer.narrator.sample(trainer, epoch)  # sampling.maybe_sample, timed and narrated
     except Exception as exc:  # noqa: BLE001 - any sampler failure must not end a run whose files are written
         where = f"epoch {epoch}" if epoch is not None else f"step {trainer.progress.global_step}"
         logger.warning("sampling at %s failed (%s: %s); no samples this time, training goes on",
@@ -72,8 +73,8 @@ def prune(trainer, kind: str, new_path: Path, index: int, state: bool) -> None:
     s, unit = trainer.opts.saving, "steps" if kind == "step" else "epochs"
     every, keep = getattr(s, f"save_every_n_{unit}"), getattr(s, f"save_last_n_{unit}")
     keep = (getattr(s, f"save_last_n_{unit}_state") if state else None) or keep
-    checkpointing.prune_after_save(s.output_dir, new_path, kind, s.output_name, index, every, keep,
-                                   ext=None if state else s.save_model_as)
+    trainer.narrator.removed(checkpointing.prune_after_save(s.output_dir, new_path, kind, s.output_name, index, every,
+                                                            keep, ext=None if state else s.save_model_as))
 
 
 def model_path(trainer, kind: str, index: int | None) -> Path:
@@ -96,9 +97,10 @@ def save_model(trainer, kind: str, epoch: int | None = None) -> Path | None:
     if not trainer.accelerator.is_main_process:
         return path
     meta = metadata.update_for_save(trainer.metadata, step, epoch or trainer.progress.epoch + 1)
-    size = disk.lora_bytes(trainer.host.network, trainer.save_dtype)
+    size, started = disk.lora_bytes(trainer.host.network, trainer.save_dtype), time.perf_counter()
     written = disk.write_guarded(trainer, path, lambda target: ema.save_model(trainer, target, meta), size,
                                  final=kind in disk.FINAL_KINDS)  # the trained weights, or the EMA ones (--ema)
+    trainer.narrator.saved(trainer, written, time.perf_counter() - started, report=kind in ("step", "epoch"))
     if written == path and kind in ("step", "epoch"):
         prune(trainer, kind, path, index, state=False)
     return written

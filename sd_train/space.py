@@ -16,9 +16,7 @@ A run that does not fit is refused in one line (``--force`` starts it anyway, wi
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 from pathlib import Path
 
 from library.errors import UserError
@@ -28,56 +26,19 @@ from sd_train.disk import HEADER_ALLOWANCE, existing_parent, free_bytes, human
 logger = logging.getLogger(__name__)
 OPTIMIZER_SLOTS = {"adamw": 2, "adam": 2, "lion": 1, "sgdnesterov": 1, "sgd": 1, "prodigy": 4, "adafactor": 1,
                    "dadaptadam": 3, "dadaptation": 3, "dadaptlion": 2, "adamw8bit": 0.5, "lion8bit": 0.25}
-_UNET, _TE = r"^(model\.diffusion_model\.)", r"^(cond_stage_model\.|conditioner\.embedders\.)"
-_LINEAR = re.compile(_UNET + r".*(transformer_blocks\.\d+\.(attn[12]\.(to_[qkv]|to_out\.0)|ff\.net\.(0\.proj|2))"
-                     r"|\.proj_(in|out))\.weight$")
-_RESNET = re.compile(_UNET + r".*(in_layers\.2|out_layers\.3|skip_connection|emb_layers\.1|op|\.conv)\.weight$")
-_TE_LINEAR = re.compile(_TE + r".*(self_attn\.(q|k|v|out)_proj|mlp\.fc[12]|attn\.out_proj|mlp\.c_(fc|proj))\.weight$")
-_TE_FUSED = re.compile(_TE + r".*attn\.in_proj_weight$")  # OpenCLIP: q, k and v in one (3d, d) tensor
 
 
-def _module_numel(shape: list[int], rank: int) -> int:
-    """down (rank × in·k·k) + up (out × rank) + alpha."""
-    return rank * (math.prod(shape[1:]) + shape[0]) + 1
+def estimate_lora_numel(options, family_name: str) -> int | None:
+    """Parameters (alphas included) of the run's network, counted from the checkpoint header with the targets of
+    ``networks.lora`` (:func:`sd_train.plan.estimate_network`); other plugins count twice (LoHa-style factors).
+    ``None`` when the model is not a local single file."""
+    from sd_train.plan import estimate_network
 
-
-def lora_numel(shapes: dict[str, list[int]], dim: int, conv_dim: int | None, train_te: bool) -> int:
-    """Parameters of a ``networks.lora`` LoRA/LoCon for a checkpoint's tensor ``shapes`` (LDM key names).
-
-    Linear and 1×1 layers of the transformer blocks (and of the ResNet blocks with ``conv_dim``) take ``dim``;
-    3×3 convolutions take ``conv_dim`` (kohya's rule); text-encoder attention and MLP layers when ``train_te``.
-    """
-    total = 0
-    for key, shape in shapes.items():
-        one_by_one = len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1])
-        if _LINEAR.match(key) or (conv_dim and _RESNET.match(key) and one_by_one):
-            total += _module_numel(shape, dim)
-        elif conv_dim and _RESNET.match(key) and len(shape) == 4:
-            total += _module_numel(shape, conv_dim)
-        elif train_te and _TE_LINEAR.match(key):
-            total += _module_numel(shape, dim)
-        elif train_te and _TE_FUSED.match(key):
-            total += 3 * _module_numel([shape[0] // 3, shape[1]], dim)
-    return total
-
-
-def estimate_lora_numel(options) -> int | None:
-    """Parameters of the run's network, or ``None`` when the model is not a local single file."""
-    from library.io.safetensors_io import read_header
-    from sd_train.network_host import parse_network_args
-
-    path, n = options.model.pretrained_model_name_or_path, options.network
-    if not path or not os.path.isfile(path) or not path.endswith(".safetensors"):
+    estimate = estimate_network(options, family_name, metadata_bytes=0)
+    if estimate is None:
         return None
-    tensors, _ = read_header(path)
-    args = parse_network_args(n.network_args) if n.network_args else {}
-    try:  # a malformed number is the plugin's to report, in its own words, when it builds the network
-        dim, conv = int(n.network_dim or 4), int(args["conv_dim"]) if args.get("conv_dim") else None
-    except (TypeError, ValueError):
-        return None
-    train_te = not n.network_train_unet_only and not options.dataset.cache_text_encoder_outputs
-    numel = lora_numel({k: v["shape"] for k, v in tensors.items()}, dim, conv, train_te)
-    return numel if (n.network_module or "networks.lora") == "networks.lora" else 2 * numel
+    numel = estimate.params + estimate.modules
+    return numel if (options.network.network_module or "networks.lora") == "networks.lora" else 2 * numel
 
 
 def files_kept(count: int, every: int | None, keep: int | None) -> int:
@@ -148,7 +109,7 @@ def needs(trainer) -> dict[str, tuple[int, list[str]]]:
         total, items = result.get(folder, (0, []))
         result[folder] = (total + size, [*items, what])
 
-    numel = estimate_lora_numel(o)
+    numel = estimate_lora_numel(o, trainer.family.name)
     if numel is not None:
         bytes_per = {"fp16": 2, "bf16": 2, "float": 4}.get(s.save_precision or "",
                                                            2 if o.model.full_fp16 or o.model.full_bf16 else 4)

@@ -40,9 +40,10 @@ from sd_train.distributed import average_gradients, gloo_on_cpu, process_state
 from sd_train.guard import NanGuard, batch_report, finite_flags
 from sd_train.loader import EpochLoader
 from sd_train.monitor import StepMonitor
+from sd_train.narration import Narrator
 from sd_train.network_host import NetworkHost, parse_network_args
 from sd_train.resume import Progress
-from sd_train.steps import compute_steps
+from sd_train.steps import compute_steps, effective_save_every_n_epochs
 from sd_train.validation import Validator
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
@@ -76,6 +77,8 @@ class Trainer:
             return False
         state = process_state(self.opts.training.ddp_timeout)
         preflight.check_planned_run(self, state.num_processes, disk=state.is_main_process)
+        if self.opts.training.dry_run:  # the plan is printed and the pre-flight checks have passed
+            return False
         self._setup_accelerator()
         self._setup_models()
         self._setup_network()
@@ -111,14 +114,12 @@ class Trainer:
                                 latents_cached=d.cache_latents or d.cache_latents_to_disk)
         if self.opts.sampling.sample_prompts:
             sampling.load_prompts(self.opts.sampling.sample_prompts, warn=True)  # a bad file fails now, not mid-run
-        if process_state(self.opts.training.ddp_timeout).is_main_process:  # only rank 0 writes files
-            checkpointing.prepare_output_dir(s.output_dir)
-            (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
-                json.dumps(self.prepared.report(), indent=2, default=str))
-            print(self.prepared.format_report())
+        if process_state(self.opts.training.ddp_timeout).is_main_process and not self.opts.training.dry_run:
+            checkpointing.prepare_output_dir(s.output_dir)  # only rank 0 writes files; --dry_run writes none
         self.dataset = BucketBatchDataset(self.prepared.train, dataset_seed=self.dataset_seed)
         self.val_dataset = (BucketBatchDataset(self.prepared.validation, dataset_seed=self.dataset_seed)
                             if self.prepared.validation else None)
+        self.narrator = Narrator.start(self.opts, self.prepared, len(self.dataset), self.family)  # reports, plan
         return not self.opts.dataset.debug_dataset
 
     def _setup_accelerator(self) -> None:
@@ -188,6 +189,7 @@ class Trainer:
             self.host.enable_gradient_checkpointing()
         m = self.opts.model
         self.unet_fn = objective.compile_unet(unet, m.dynamo_backend) if m.torch_compile else unet
+        self.narrator.network_ready(self.host.network, self.accelerator.device)
 
     def _release_cached_inputs(self) -> None:
         """sd-train: free the VAE / text encoders once their outputs are cached and nothing else needs
@@ -209,9 +211,8 @@ class Trainer:
             len(self.dataset), acc.num_processes, t.gradient_accumulation_steps, t.max_train_steps,
             t.max_train_epochs)
         self.dataset.max_train_steps = self.max_train_steps  # token warm-up fractions (CLI.md §7)
-        ratio = self.opts.saving.save_n_epoch_ratio
-        if ratio and ratio > 0:  # kohya-compat: N saves over the run, once the epoch count is known
-            self.opts = self.opts.replace(save_every_n_epochs=max(1, self.num_epochs // ratio))
+        every = effective_save_every_n_epochs(self.opts.saving, self.num_epochs)  # kohya-compat: --save_n_epoch_ratio
+        self.opts = self.opts.replace(save_every_n_epochs=every)
         self.optimizer, self.optimizer_name = optim.build_optimizer(groups, o.optimizer_type, o.learning_rate,
                                                                     o.optimizer_args)
         self.scheduler_name = optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
@@ -270,6 +271,7 @@ class Trainer:
             self.monitor.bar = bar
             while p.epoch < self.num_epochs and p.global_step < self.max_train_steps:
                 self.host.on_epoch_start(tes, self.models.unet)
+                self.narrator.epoch_start(p.epoch + 1, p.global_step)
                 n_batches, window = len(loader.indices()), []
                 for index, batch in enumerate(loader.epoch(p.epoch, p.batch_index, p.global_step), start=p.batch_index):
                     self.host.on_step_start(tes, self.models.unet)
@@ -287,11 +289,13 @@ class Trainer:
                     if p.global_step < self.max_train_steps and stop.requested(acc):  # the step is done; its
                         return interrupt.save_interrupted(self)  # cadence saves and samples are left to the resume
                     milestones.after_step(self)
+                    self.narrator.step_done(p.global_step)
                     if p.global_step >= self.max_train_steps:
                         break
                 if p.batch_index >= n_batches:
                     milestones.end_epoch(self, p.epoch + 1)
         milestones.finish(self)
+        self.narrator.finish(self)
         return 0
 
     def train_step(self, batch: dict, accum: int = 1) -> torch.Tensor:
@@ -324,7 +328,7 @@ class Trainer:
             if scaler is not None:
                 scaler.update()  # clip_grad_norm_ unscaled: reset GradScaler's step state, lower the scale
             report = batch_report(batch, self._last_timesteps)
-            self.accelerator.print(f"skipped non-finite step {step}: {report}")
+            self.narrator.nan_skip(step, report)
             self.guard.record_skip(step, "loss or gradient norm", report)
         self.monitor.after_step(step, self.lr_scheduler, self.guard.skipped_total)
         self.optimizer.zero_grad(set_to_none=True)
@@ -336,15 +340,16 @@ class Trainer:
 
     def _flush_losses(self) -> None:
         """Read pending losses (one host sync) and log kohya's scalars with the learning rates of each step."""
-        self.monitor.write(self.losses.flush())
+        self.monitor.write(self.narrator.losses(self.losses.flush()))
 
     def save_state(self, kind: str, epoch: int | None = None) -> Path | None:
         """Write a state folder (see :func:`sd_train.resume.save_state`)."""
-        return resume.save_state(self, kind, epoch)
+        return self.narrator.wrote(resume.save_state(self, kind, epoch), "state")
 
     def cleanup(self) -> None:
         """End accelerate's trackers; in a single process, forget accelerate's global state so that
         ``main()`` can run again in-process with other precision settings (tests, notebooks)."""
+        Narrator.stop(self)  # a run that did not finish keeps its record and report
         if not hasattr(self, "accelerator"):  # stopped before accelerate started (bad input, --debug_dataset)
             return
         self.accelerator.end_training()

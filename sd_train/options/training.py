@@ -44,6 +44,8 @@ class TrainingOptions:
                                   "options ('.toml' is appended without a .toml/.json suffix)")
     output_config: bool = flag("Write the non-default options to --config_file (.json: JSON) and exit")
     config_skip: str | None = opt(None, "Comma-separated keys of --config_file to ignore", ours=True)
+    dry_run: bool = flag("Print the dataset report and the run plan, run the checks that need no model, then exit 0 "
+                         "without loading any model", ours=True)
     noise_offset: float | None = opt(None, "Noise offset strength (about 0.1)", type=float, common=True)
     noise_offset_random_strength: bool = flag("Scale the noise offset by U(0,1) each step")
     adaptive_noise_scale: float | None = opt(

@@ -169,9 +169,11 @@ def _fp16_trainer(dtype=torch.float32, init_scale=2.0**16):
     opts = SimpleNamespace(optimizer=SimpleNamespace(max_grad_norm=1.0),
                            network=SimpleNamespace(scale_weight_norms=None))
     host = SimpleNamespace(get_trainable_params=lambda: [param])
+    narrator = SimpleNamespace(nan_skip=lambda step, report: acc.printed.append(f"skipped non-finite step {step}"))
     shell = SimpleNamespace(opts=opts, progress=SimpleNamespace(global_step=0), host=host, accelerator=acc,
                             optimizer=acc.optimizer, lr_scheduler=sched, guard=NanGuard(max_consecutive=2),
-                            _last_timesteps=torch.tensor([500]), monitor=StepMonitor(acc, ["unet"]))
+                            _last_timesteps=torch.tensor([500]), monitor=StepMonitor(acc, ["unet"]),
+                            narrator=narrator)
     return shell, param, scaler
 
 

@@ -15,8 +15,9 @@ import pytest
 from safetensors import SafetensorError
 
 from library.io.safetensors_io import read_header
+from library.lora.convert import checkpoint_family
+from library.lora.estimate import estimate_lora
 from sd_train.sdxl_train_network import main as sdxl_main
-from sd_train.space import lora_numel
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,9 @@ def test_lora_size_from_the_checkpoint_header_matches_the_real_files(checkpoint,
     layer (about 2 % more)."""
     real = sum(math.prod(s) if s else 1 for s in _shapes(f"lora_keys_{lora}.tsv").values())
     conv = 4 if lora.endswith("conv") else None
-    estimate = lora_numel(_shapes(f"{checkpoint}_ldm_keys.tsv"), 4, conv, te)
+    shapes = _shapes(f"{checkpoint}_ldm_keys.tsv")
+    counted = estimate_lora(shapes, checkpoint_family(shapes), 4, conv, text_encoders=te)
+    estimate = counted.params + counted.modules  # the alphas are one value per module
     assert estimate == real if checkpoint != "sd2" else real < estimate < 1.03 * real
 
 
@@ -128,7 +131,8 @@ def test_full_disk_at_the_final_save_keeps_earlier_files_and_is_one_line(plain_a
     assert err[-1].endswith(f"are free there; the files written before are intact (newest LoRA: "
                             f"{out / 'at-step00000002.safetensors'}); free some space (or pass --fallback_output_dir) "
                             "and resume from the newest state folder, if any")
-    assert sorted(p.name for p in out.iterdir()) == ["at-step00000002.safetensors", "last_dataset_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["at-step00000002.safetensors", "last_dataset_report.json",
+                                                     "last_report.html", "last_run.json"]
     assert read_header(out / "at-step00000002.safetensors")[1]["ss_steps"] == "2"
 
 
@@ -138,7 +142,7 @@ def test_fallback_output_dir_takes_the_final_lora(plain_assets, tmp_path, capsys
     assert sdxl_main(_args(plain_assets, out, "--max_train_steps", "2", "--fallback_output_dir", str(spare))) == 0
     assert f"written to --fallback_output_dir instead: {spare / 'last.safetensors'}" in capsys.readouterr().err
     assert read_header(spare / "last.safetensors")[1]["ss_steps"] == "2"
-    assert sorted(p.name for p in out.iterdir()) == ["last_dataset_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["last_dataset_report.json", "last_report.html", "last_run.json"]
 
 
 def test_failed_state_write_is_reported_and_training_goes_on(plain_assets, tmp_path, capsys, monkeypatch):
@@ -159,7 +163,8 @@ def test_failed_state_write_is_reported_and_training_goes_on(plain_assets, tmp_p
     assert (f"{out / 'at-step00000002-state'}: could not be written ([enforce fail at inline_container.cc:626] . "
             "unexpected pos 1088 vs 1024); it needs about") in err and "; training goes on" in err
     assert sorted(p.name for p in out.iterdir()) == [
-        "at-step00000002.safetensors", "last-state", "last.safetensors", "last_dataset_report.json"]
+        "at-step00000002.safetensors", "last-state", "last.safetensors", "last_dataset_report.json", "last_report.html",
+        "last_run.json"]
 
 
 def _can_mount_tmpfs() -> bool:

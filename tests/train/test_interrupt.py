@@ -98,7 +98,8 @@ def test_second_ctrl_c_exits_at_once_and_keeps_earlier_files(plain_assets, tmp_p
     _signal_at(monkeypatch, [3, 3])  # two Ctrl-C in a row, during step 3 (after the step-2 save)
     assert sdxl_main(_args(plain_assets, out, "--max_train_steps", "6", "--save_every_n_steps", "2")) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
-    assert sorted(p.name for p in out.iterdir()) == ["at-step00000002.safetensors", "last_dataset_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["at-step00000002.safetensors", "last_dataset_report.json",
+                                                     "last_report.html", "last_run.json"]
     assert read_header(out / "at-step00000002.safetensors")[1]["ss_steps"] == "2"
 
 
@@ -107,7 +108,7 @@ def test_no_save_on_interrupt(plain_assets, tmp_path, monkeypatch, capsys):
     _signal_at(monkeypatch, [2])
     assert sdxl_main(_args(plain_assets, out, "--max_train_steps", "4", "--no_save_on_interrupt")) == 130
     assert "interrupted at step 2/4 (epoch 1/1); nothing saved (--no_save_on_interrupt)" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["last_dataset_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["last_dataset_report.json", "last_report.html", "last_run.json"]
 
 
 def test_resume_command_replaces_resume_and_initial_step():

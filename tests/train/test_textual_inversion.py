@@ -61,7 +61,8 @@ def test_sdxl_kohya_flags_write_a_pt_with_clip_l_and_clip_g(assets, tmp_path):
 
     out = tmp_path / "trained"
     assert sdxl_ti_main(_args(ckpt, toml, out, "--num_vectors_per_token", "2", "--use_style_template")) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["mytok.pt", "mytok_dataset_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["mytok.pt", "mytok_dataset_report.json", "mytok_report.html",
+                                                     "mytok_run.json"]
     data = torch.load(out / "mytok.pt", weights_only=True)
     assert {k: tuple(v.shape) for k, v in data.items()} == {"clip_l": (2, 32), "clip_g": (2, 32)}
     pipe = build_diffusers_pipeline(models, tmp_path)
