@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "I64": torch.int64}
-_DEFAULT_MANIFEST = "/work/shared/spec/data/sdxl_base_ldm_keys.tsv"
+_DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "tests" / "assets" / "sdxl_base_ldm_keys.tsv"
 
 _CHILD = r"""
 import json, resource, sys, time, torch

@@ -88,8 +88,8 @@ def finish(code):
     with open(out_path, "w") as f:
         json.dump(record, f)
 
-module = "sd_train.sdxl_train_network" if entry == "sdxl" else "sd_train.train_network"
-main = __import__(module, fromlist=["main"]).main
+from sd_train.entry import entry_point
+main = lambda args: entry_point(entry, args)
 code = 1
 try:
     code = main(argv)
@@ -211,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benchmarks/tools.py shadows tools/
     if str(_HERE.parent) not in sys.path:
         sys.path.insert(0, str(_HERE.parent))
+    from sd_train.families import ENTRIES, family_class
+
     split = argv.index("--") if "--" in argv else len(argv)
     own, flags = argv[:split], argv[split + 1:]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entry", choices=("sdxl", "sd"), default="sdxl", help="trainer script to run")
+    parser.add_argument("--entry", choices=tuple(ENTRIES), default="sdxl", help="trainer script to run")
     parser.add_argument("--make-full-sdxl", metavar="DIR", default=None,
                         help="write a full-size random SDXL file + 64 px dataset in DIR and benchmark them")
     parser.add_argument("--full-dtype", choices=("fp16", "fp32"), default="fp16", help="dtype of that file")
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if not flags:
         parser.error("give the trainer flags after --, or --make-full-sdxl DIR")
     record, start, killed = run_child(args.entry, flags, args.max_anon_gb)
-    print(f"\ncommand: {'sdxl_train_network.py' if args.entry == 'sdxl' else 'train_network.py'} {' '.join(flags)}")
+    print(f"\ncommand: {family_class(args.entry).script()} {' '.join(flags)}")
     print(f"device: {'CUDA' if 'peak_vram_mb' in record else 'CPU'}, {os.cpu_count()} cores\n")
     print("| measure | value |\n|---|---|")
     for name, value in summarize(record, start):

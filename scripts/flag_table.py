@@ -21,11 +21,11 @@ def flag_table() -> str:
     status = {row.flag: row.action for row in unsupported_table()}
     words = {"reject": "refused when set", "ignore": "accepted, ignored (warning)", "info": "mapped (note)"}
     lines = ["| Flag | Type | Default | sd-train | Meaning |", "|---|---|---|---|---|"]
-    for _, f in option_fields("sdxl"):
+    for _, f in option_fields():
         m = f.metadata
         kind = "flag" if m["flag"] else getattr(m["type"], "__name__", "str") + ("*" if m["nargs"] else "")
         star = "★ " if m["common"] else ""
-        note = words.get(status.get(f.name, ""), "supported")
+        note = "sd-train addition" if m["ours"] else words.get(status.get(f.name, ""), "supported")
         if m["sdxl_only"]:
             note += ", SDXL only"
         default = "" if f.default in (None, False, "") else f"`{f.default}`"

@@ -15,9 +15,10 @@ from typing import Any, Iterator
 
 from library.errors import UserError
 
-DEFAULT_NAMES = {"step": "at", "epoch": "epoch", "final": "last"}
+DEFAULT_NAMES = {"step": "at", "epoch": "epoch", "final": "last", "interrupted": "last"}
 TRAIN_STATE = "train_state.json"
 FORMAT_VERSION = 1
+EMBEDDING_SUFFIX = "_emb.safetensors"  # beside a pivotal-tuning LoRA: {stem}_emb.safetensors
 
 
 def _stem(kind: str, output_name: str | None, index: int | None) -> str:
@@ -28,6 +29,8 @@ def _stem(kind: str, output_name: str | None, index: int | None) -> str:
         return f"{name}-step{index:08d}"
     if kind == "epoch":
         return f"{name}-{index:06d}"
+    if kind == "interrupted":  # sd-train: the save of a run stopped by SIGINT/SIGTERM
+        return f"{name}-interrupted"
     return name
 
 
@@ -35,14 +38,28 @@ def model_file_name(kind: str, output_name: str | None, ext: str, index: int | N
     """File name of a saved model.
 
     Args:
-        kind: ``"step"`` (``index`` = global step), ``"epoch"`` (``index`` = epoch from 1) or ``"final"``.
+        kind: ``"step"`` (``index`` = global step), ``"epoch"`` (``index`` = epoch from 1), ``"final"`` or
+            ``"interrupted"`` (``name-interrupted``).
         output_name: ``--output_name`` or ``None`` (defaults ``at`` / ``epoch`` / ``last``).
         ext: ``--save_model_as`` (``safetensors``, ``ckpt``, ``pt``).
 
     Returns:
-        e.g. ``name-step00000500.safetensors``, ``name-000003.safetensors``, ``name.safetensors``.
+        e.g. ``name-step00000500.safetensors``, ``name-000003.safetensors``, ``name.safetensors``,
+        ``name-interrupted.safetensors``.
     """
     return f"{_stem(kind, output_name, index)}.{ext}"
+
+
+def ema_path(path: str | os.PathLike) -> Path:
+    """The ``--ema_save_as both`` sibling of a model file: ``NAME-ema.safetensors`` next to ``NAME.safetensors``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-ema{path.suffix}")
+
+
+def embedding_file(model_path: str | os.PathLike) -> Path:
+    """``{stem}_emb.safetensors`` beside a model file: the embedding file of a pivotal-tuning LoRA."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}{EMBEDDING_SUFFIX}")
 
 
 def state_dir_name(kind: str, output_name: str | None, index: int | None = None) -> str:
@@ -122,6 +139,9 @@ def prune_after_save(output_dir: str | os.PathLike, new_path: str | os.PathLike,
         return None
     name = model_file_name(kind, output_name, ext, old) if ext else state_dir_name(kind, output_name, old)
     target = Path(output_dir) / name
+    if ext:  # its --ema_save_as both sibling and a pivotal-tuning embedding file go with it
+        _remove(ema_path(target))
+        _remove(embedding_file(target))
     return str(target) if _remove(target) else None
 
 

@@ -37,7 +37,7 @@ GUI_ONLY_KEYS = {  # kohya-compat: kohya_ss GUI settings it writes into --config
     "epoch": "delete it; max_train_epochs / max_train_steps set the run length",
     "noise_offset_type": "delete it; noise_offset or multires_noise_iterations choose the noise",
     "lowvram": "delete it",
-    "stop_text_encoder_training": "delete it; only kohya's DreamBooth script has it",
+    "train_inpainting": "delete it; sd-scripts has no such option",
     **{k: f'move it into network_args, e.g. network_args = ["{k}=16"]'
        for k in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")},
 }

@@ -33,6 +33,7 @@ def average_gradients(params: list[torch.Tensor], accelerator) -> None:
         params: the trainable parameters (same order on every process).
         accelerator: the run's ``accelerate.Accelerator``.
     """
+    params = [p for p in params if p.requires_grad]  # frozen ones (--stop_text_encoder_training) have none
     if accelerator.num_processes <= 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

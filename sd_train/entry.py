@@ -1,4 +1,4 @@
-"""Shared body of the two training entry points: parse, train, one-line errors, exit status."""
+"""Shared body of the training entry points: parse, train, one-line errors, exit status."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import sys
 
 
 def entry_point(entry: str, argv: list[str] | None) -> int:
-    """Run ``train_network.py`` (``entry="sd"``) or ``sdxl_train_network.py`` (``"sdxl"``).
+    """Run ``train_network.py`` (``entry="sd"``), ``sdxl_train_network.py`` (``"sdxl"``) or a
+    textual-inversion script (``"sd_ti"``, ``"sdxl_ti"``).
 
     Args:
-        entry: ``"sd"`` or ``"sdxl"``.
+        entry: a key of ``sd_train.families.ENTRIES``.
         argv: arguments without the program name (``None``: ``sys.argv[1:]``).
 
     Returns:
@@ -18,13 +19,10 @@ def entry_point(entry: str, argv: list[str] | None) -> int:
     from library.errors import run_cli
 
     def _main(args: list[str]) -> int:
+        from sd_train.families import family_class
         from sd_train.trainer import run
 
-        if entry == "sdxl":
-            from sd_train.families.sdxl import SdxlFamily as family_cls
-        else:
-            from sd_train.families.sd import SdFamily as family_cls
-        return run(family_cls, args, entry)
+        return run(family_class(entry), args, entry)
 
     code = run_cli(_main, argv)
     if argv is None:

@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from sd_train.interrupt import ignore_in_worker
+
 
 class _Positions(torch.utils.data.Sampler):
     """Batch indices of the current pass; replaced before each epoch so one DataLoader (and its
@@ -55,11 +57,11 @@ class EpochLoader:
         self.dataset.set_current_step(global_step)
         if not self.persistent:
             return torch.utils.data.DataLoader(self.dataset, batch_size=None, sampler=self.indices(start),
-                                               num_workers=self.workers,
+                                               num_workers=self.workers, worker_init_fn=ignore_in_worker,
                                                generator=torch.Generator().manual_seed(epoch))
         self._positions.indices = self.indices(start)
         if self._shared is None:
             self._shared = torch.utils.data.DataLoader(
                 self.dataset, batch_size=None, sampler=self._positions, num_workers=self.workers,
-                persistent_workers=True, generator=torch.Generator().manual_seed(0))
+                persistent_workers=True, worker_init_fn=ignore_in_worker, generator=torch.Generator().manual_seed(0))
         return self._shared

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import sd_train
+from library.models.families import family_spec
 from sd_train.options import (DatasetOptions, ModelOptions, NetworkOptions, OptimizerOptions, SavingOptions,
                               TrainingOptions)
 from sd_train.options.base import parse_resolution
@@ -26,12 +27,6 @@ logger = logging.getLogger(__name__)
 
 MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
                 "ss_network_args")
-_ARCHITECTURES = {
-    ("sd1", False): "stable-diffusion-v1/lora", ("sd1", True): "stable-diffusion-v1/lora",
-    ("sd2", False): "stable-diffusion-v2-512/lora", ("sd2", True): "stable-diffusion-v2-768-v/lora",
-    ("sdxl", False): "stable-diffusion-xl-v1-base/lora", ("sdxl", True): "stable-diffusion-xl-v1-base/lora",
-}
-_SGM = "https://github.com/Stability-AI/generative-models"
 
 
 def _json(value: Any) -> str:
@@ -40,9 +35,7 @@ def _json(value: Any) -> str:
 
 def base_model_version(family: str, v_parameterization: bool) -> str:
     """``ss_base_model_version``: ``sd_v1``, ``sd_v2``, ``sd_v1_v``, ``sd_v2_v`` or ``sdxl_base_v1-0``."""
-    if family == "sdxl":
-        return "sdxl_base_v1-0"
-    return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_parameterization else "")
+    return family_spec(family).base_model_version(v_parameterization)
 
 
 def _first_te_lr(optimizer: OptimizerOptions) -> float | None:
@@ -189,7 +182,7 @@ def build_ss_metadata(model: ModelOptions, dataset: DatasetOptions, training: Tr
 
 
 def _thumbnail(value: str) -> str | None:
-    if value.startswith("data:"):
+    if value.startswith("data:") or not value:  # kohya-compat: "" is written as given
         return value
     if not os.path.isfile(value):
         logger.warning("--metadata_thumbnail %s: file not found; modelspec.thumbnail is not written", value)
@@ -199,24 +192,19 @@ def _thumbnail(value: str) -> str | None:
         return f"data:{mime};base64,{base64.b64encode(fh.read()).decode('ascii')}"
 
 
-def _default_resolution(family: str, v_parameterization: bool) -> str:
-    if family == "sdxl":
-        return "1024x1024"
-    return "768x768" if family == "sd2" and v_parameterization else "512x512"
-
-
 def build_modelspec(model: ModelOptions, dataset: DatasetOptions, training: TrainingOptions,
                     saving: SavingOptions, *, family: str, training_started_at: float) -> dict[str, str]:
     """Build the ``modelspec.*`` dict (ModelSpec 1.0.1, FORMAT.md §5); ``date`` is set at save time."""
-    v_param = bool(model.v_parameterization)
+    v_param, fam = bool(model.v_parameterization), family_spec(family)
     reso = parse_resolution(dataset.resolution)
-    title = saving.metadata_title or saving.output_name or f"LoRA@{training_started_at}"
+    title = saving.metadata_title  # kohya-compat: an empty title is written as given
+    title = (saving.output_name or f"LoRA@{training_started_at}") if title is None else title
     spec = {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": _ARCHITECTURES[(family, v_param)],
-        "modelspec.implementation": _SGM if family == "sdxl" else "diffusers",
+        "modelspec.architecture": fam.modelspec_architecture(v_param) + "/lora",
+        "modelspec.implementation": fam.implementation,
         "modelspec.title": title,
-        "modelspec.resolution": f"{reso[0]}x{reso[1]}" if reso else _default_resolution(family, v_param),
+        "modelspec.resolution": f"{reso[0]}x{reso[1]}" if reso else fam.default_resolution(v_param),
         "modelspec.prediction_type": "v" if v_param else "epsilon",
         "modelspec.implementation_version": f"sd-train/{sd_train.__version__}",
         "modelspec.date": _iso_now(),

@@ -4,7 +4,6 @@ defaults optional ones, normalizes results and saves atomically. The only place 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import logging
 from types import SimpleNamespace
@@ -14,6 +13,7 @@ import torch
 
 from library.errors import UserError
 from library.io.safetensors_io import atomic_path
+from sd_train.class_names import resolve_network_module
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +67,7 @@ class NetworkHost:
     @classmethod
     def load(cls, module_name: str) -> "NetworkHost":
         """Import ``module_name`` by dotted name; UserError when it is missing or has no ``create_network``."""
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UserError(f"--network_module {module_name}: cannot import it ({exc}); "
-                            "install the package or fix the name (e.g. networks.lora)") from None
+        module = resolve_network_module(module_name)
         if not callable(getattr(module, "create_network", None)):
             raise UserError(f"--network_module {module_name}: has no create_network(); not a network module")
         return cls(module, module_name)

@@ -47,6 +47,9 @@ def batch_conds(trainer, batch: dict):
     when the text encoders train)."""
     if batch.get("text_encoder_outputs") is not None:
         return trainer.family.cached_conds(batch["text_encoder_outputs"])
+    reused = trainer.te_stop.conds(trainer, batch["captions"])  # the text encoder stopped training
+    if reused is not None:
+        return reused
     with torch.set_grad_enabled(trainer.train_te and torch.is_grad_enabled()):
         return trainer.family.encode_captions(trainer.models.text_encoders, batch["captions"])
 

@@ -8,41 +8,16 @@ transformers) are imported only when their optimizer is asked for; a missing one
 from __future__ import annotations
 
 import ast
-import importlib
 import logging
 from typing import Any
 
 import torch
 
 from library.errors import UserError, first_line
+from sd_train.class_names import resolve_lr_scheduler_type, resolve_optimizer
 from sd_train.options.base import resolve_step_count
 
 logger = logging.getLogger(__name__)
-
-_BNB = "bitsandbytes.optim"
-
-
-def _optimizer_table() -> dict[str, tuple[str, str, str]]:
-    """Lower-case kohya name -> (module, class, pip package)."""
-    table = {
-        "adamw": ("torch.optim", "AdamW", "torch"),
-        "sgdnesterov": ("torch.optim", "SGD", "torch"),
-        "sgdnesterov8bit": (_BNB, "SGD8bit", "bitsandbytes"),
-        "lion": ("lion_pytorch", "Lion", "lion-pytorch"),
-        "dadaptation": ("dadaptation.experimental", "DAdaptAdamPreprint", "dadaptation"),
-        "dadaptadampreprint": ("dadaptation.experimental", "DAdaptAdamPreprint", "dadaptation"),
-        "dadaptadanip": ("dadaptation.experimental", "DAdaptAdanIP", "dadaptation"),
-        "prodigy": ("prodigyopt", "Prodigy", "prodigyopt"),
-        "adafactor": ("transformers.optimization", "Adafactor", "transformers"),
-    }
-    for name in ("AdamW8bit", "PagedAdamW8bit", "PagedAdamW", "PagedAdamW32bit", "Lion8bit", "PagedLion8bit"):
-        table[name.lower()] = (_BNB, name, "bitsandbytes")
-    for name in ("DAdaptAdaGrad", "DAdaptAdam", "DAdaptAdan", "DAdaptLion", "DAdaptSGD"):
-        table[name.lower()] = ("dadaptation", name, "dadaptation")
-    for name in ("RAdamScheduleFree", "AdamWScheduleFree", "SGDScheduleFree"):
-        table[name.lower()] = ("schedulefree", name, "schedulefree")
-    return table
-
 
 def parse_kv_args(args: list[str] | None, flag: str) -> dict[str, Any]:
     """Parse ``key=value`` strings whose values are Python literals (split at the first ``=``).
@@ -66,30 +41,9 @@ def parse_kv_args(args: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def import_class(module: str, name: str, package: str | None = None) -> type:
-    """Import ``module.name``; a missing module is a UserError naming the pip package."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        pip = package or module.split(".")[0]
-        raise UserError(f"'{module}.{name}' needs the package '{pip}': pip install {pip}") from exc
-    if not hasattr(mod, name):
-        raise UserError(f"'{module}' has no class '{name}'")
-    return getattr(mod, name)
-
-
-def _resolve_optimizer_class(optimizer_type: str) -> tuple[type, bool]:
-    """Return ``(class, nesterov)`` for a kohya name, a dotted path or a torch.optim name."""
-    name = optimizer_type or "AdamW"
-    entry = _optimizer_table().get(name.lower())
-    if entry is not None:
-        return import_class(*entry), name.lower().startswith("sgdnesterov")
-    if "." in name:
-        module, _, cls = name.rpartition(".")
-        return import_class(module, cls), False
-    if not hasattr(torch.optim, name):
-        raise UserError(f"--optimizer_type {name}: unknown optimizer (not a kohya name or torch.optim class)")
-    return getattr(torch.optim, name), False
+def check_optimizer(optimizer_type: str) -> None:
+    """Pre-flight: ``--optimizer_type`` resolves and its package imports (UserError naming the pip package)."""
+    resolve_optimizer(optimizer_type)
 
 
 def _adafactor_kwargs(kwargs: dict, lr: float | None) -> float | None:
@@ -128,7 +82,7 @@ def build_optimizer(param_groups: list, optimizer_type: str, learning_rate: floa
     Returns:
         ``(optimizer, ss_optimizer)``, e.g. ``torch.optim.adamw.AdamW(weight_decay=0.01)``.
     """
-    cls, nesterov = _resolve_optimizer_class(optimizer_type)
+    cls, nesterov = resolve_optimizer(optimizer_type)
     kwargs = parse_kv_args(optimizer_args, "--optimizer_args")
     lr: float | None = learning_rate
     extra: dict[str, Any] = {}
@@ -188,6 +142,19 @@ _DIFFUSERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_wi
 _TRANSFORMERS = ("inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 
 
+def _check_scheduler_name(name: str) -> None:
+    if not name.startswith("adafactor") and name not in _DIFFUSERS + _TRANSFORMERS:
+        raise UserError(f"--lr_scheduler {name}: unknown; choose from {', '.join(_DIFFUSERS + _TRANSFORMERS)}")
+
+
+def check_scheduler(optimizer_opts) -> None:
+    """Pre-flight: ``--lr_scheduler`` is a known name (``--lr_scheduler_type`` classes are resolved when built)."""
+    o = optimizer_opts
+    if not o.lr_scheduler_type:
+        _check_scheduler_name(resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
+                                                   o.learning_rate))
+
+
 def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup_steps: int | float = 0,
                     num_decay_steps: int | float = 0, num_cycles: int = 1, power: float = 1.0,
                     timescale: int | None = None, min_lr_ratio: float | None = None, scheduler_type: str = "",
@@ -211,12 +178,14 @@ def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup
     total = num_training_steps * num_processes
     warmup = resolve_step_count(num_warmup_steps, total)
     kwargs = parse_kv_args(scheduler_args, "--lr_scheduler_args")
+    if type(optimizer).__module__.startswith("schedulefree"):  # kohya-compat: checked before any scheduler
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # schedule-free: no-op
     if scheduler_type:
         if warmup:
             raise UserError(f"--lr_scheduler_type {scheduler_type} cannot use --lr_warmup_steps; set it to 0")
-        module, _, cls = scheduler_type.rpartition(".")
+        cls = resolve_lr_scheduler_type(scheduler_type)
         try:
-            return import_class(module, cls)(optimizer, **kwargs)
+            return cls(optimizer, **kwargs)
         except (TypeError, ValueError) as exc:
             raise UserError(f"--lr_scheduler_type {scheduler_type}: {first_line(exc)}; "
                             "check --lr_scheduler_args") from exc
@@ -224,8 +193,6 @@ def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup
     if unused:  # kohya would fail with a TypeError; never ignore them silently
         raise UserError(f"--lr_scheduler_args {', '.join(unused)}: --lr_scheduler {name} takes no such argument "
                         "(only step_rules, for piecewise_constant); use --lr_scheduler_type for a custom class")
-    if type(optimizer).__module__.startswith("schedulefree"):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # schedule-free: no-op
     if name.startswith("adafactor"):
         from transformers.optimization import AdafactorSchedule
 
@@ -236,8 +203,7 @@ def build_scheduler(optimizer, name: str, *, num_training_steps: int, num_warmup
     if name in _TRANSFORMERS:
         decay = resolve_step_count(num_decay_steps, total)
         return _transformers_scheduler(optimizer, name, total, warmup, decay, num_cycles, timescale, min_lr_ratio)
-    if name not in _DIFFUSERS:
-        raise UserError(f"--lr_scheduler {name}: unknown; choose from {', '.join(_DIFFUSERS + _TRANSFORMERS)}")
+    _check_scheduler_name(name)
     from diffusers.optimization import get_scheduler
 
     return get_scheduler(name, optimizer, step_rules=kwargs.get("step_rules"), num_warmup_steps=warmup,

@@ -20,7 +20,7 @@ from safetensors.torch import save_file as save_safetensors
 from accelerate.utils import gather_object
 
 from library.errors import UserError, first_line
-from sd_train import checkpointing
+from sd_train import checkpointing, disk, ema, milestones, resume_policy
 from sd_train import noise as noise_lib
 
 RESUME_RECORD = "sd_train_resume.pt"
@@ -50,6 +50,12 @@ def _record(trainer) -> dict:
             "noise_rng": trainer.rng.getstate(), "global_rng": noise_lib.rng_snapshot()}
 
 
+def policy_values(trainer) -> dict:
+    """The options the resume policy compares (:mod:`sd_train.resume_policy`), for ``train_state.json``."""
+    return resume_policy.policy_values(trainer.opts, seed=trainer.seed, max_train_steps=trainer.max_train_steps,
+                                       prepared=trainer.prepared)
+
+
 def fingerprint(trainer) -> str:
     """Hash of the options that change the data order or the math (CLI.md §9)."""
     ns = trainer.opts.namespace()
@@ -76,8 +82,12 @@ def write_accelerate_files(acc, network, optimizer, lr_scheduler, folder: Path) 
         torch.save(acc.scaler.state_dict(), folder / "scaler.pt")
 
 
-def load_accelerate_files(acc, network, optimizer, lr_scheduler, folder: Path) -> None:
-    """Load network, optimizer, scheduler (and scaler) from a kohya or sd-train state folder, safely."""
+def load_accelerate_files(acc, network, optimizer, lr_scheduler, folder: Path, new_schedule: bool = False) -> None:
+    """Load network, optimizer, scheduler (and scaler) from a kohya or sd-train state folder, safely.
+
+    With ``new_schedule`` (learning rates, scheduler or run length changed, see :mod:`sd_train.resume_policy`)
+    the scheduler keeps this run's rates and curve and takes only its position from the folder.
+    """
     model_path = next((folder / n for n in MODEL_FILES if (folder / n).is_file()), None)
     if model_path is None:
         raise UserError(f"--resume {folder}: no model.safetensors; not a state folder of a LoRA run")
@@ -88,16 +98,40 @@ def load_accelerate_files(acc, network, optimizer, lr_scheduler, folder: Path) -
     except RuntimeError as exc:
         raise UserError(f"--resume {model_path}: its weights do not fit this network ({first_line(exc)}); "
                         "use the same --network_module/--network_dim/--network_args as the saved run") from exc
-    for name, target in (("optimizer.bin", optimizer), ("scheduler.bin", lr_scheduler)):
+    for name in ("optimizer.bin", "scheduler.bin"):
         if not (folder / name).is_file():
             raise UserError(f"--resume {folder}: {name} is missing; the state folder is incomplete")
-        target.load_state_dict(_safe_load(folder / name))
+    initial_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+    optimizer.load_state_dict(_safe_load(folder / "optimizer.bin"))
+    lr_scheduler.load_state_dict(_safe_load(folder / "scheduler.bin"))
+    if new_schedule:
+        _rebase_schedule(optimizer, lr_scheduler, initial_lrs)
     if acc.scaler is not None and (folder / "scaler.pt").is_file():
         acc.scaler.load_state_dict(_safe_load(folder / "scaler.pt"))
 
 
-def save_state(trainer, kind: str, epoch: int | None = None) -> Path:
-    """Write a state folder atomically (main process only): state files + train_state.json + record."""
+def _rebase_schedule(optimizer, lr_scheduler, initial_lrs: list) -> None:
+    """Put this run's initial rates back after loading a state, and set each group's rate to this run's curve
+    at the saved position (LambdaLR schedulers; others keep the loaded rates)."""
+    inner = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper
+    for group, lr in zip(optimizer.param_groups, initial_lrs):
+        group["initial_lr"] = lr
+    if not isinstance(inner, torch.optim.lr_scheduler.LambdaLR):
+        return
+    inner.base_lrs = list(initial_lrs)
+    lrs = [base * fn(inner.last_epoch) for base, fn in zip(inner.base_lrs, inner.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    inner._last_lr = list(lrs)
+
+
+def save_state(trainer, kind: str, epoch: int | None = None) -> Path | None:
+    """Write a state folder atomically (main process only): state files + train_state.json + record.
+
+    Returns:
+        The folder (on ``--fallback_output_dir`` when the output folder failed), or ``None`` when an intermediate
+        state could not be written (reported; see :func:`sd_train.disk.write_guarded`).
+    """
     trainer._flush_losses()
     s, p = trainer.opts.saving, trainer.progress
     index = p.global_step if kind == "step" else epoch
@@ -107,30 +141,45 @@ def save_state(trainer, kind: str, epoch: int | None = None) -> Path:
     records = gather_object([_record(trainer)]) if acc.num_processes > 1 else [_record(trainer)]
     if not acc.is_main_process:  # only rank 0 writes; the other ranks' records travel to it
         return final
-    with checkpointing.atomic_state_dir(final) as tmp:
-        write_accelerate_files(acc, trainer.network, trainer.optimizer, trainer.lr_scheduler, tmp)
-        for index, record in enumerate(records):
-            torch.save(record, tmp / record_name(index))
-        checkpointing.write_train_state(tmp, p.epoch + 1, p.global_step, {
-            "global_step": p.global_step, "epoch_index": p.epoch, "batch_index_in_epoch": p.batch_index,
-            "micro_step_in_accumulation": 0, "dataset_seed": trainer.dataset_seed,
-            "max_train_steps": trainer.max_train_steps, "num_train_epochs": trainer.num_epochs,
-            "options_fingerprint": fingerprint(trainer)})
-    if kind != "final":
-        trainer._prune(kind, final, index, state=True)
-    return final
+
+    def write(folder: Path) -> None:
+        with checkpointing.atomic_state_dir(folder) as tmp:
+            write_accelerate_files(acc, trainer.network, trainer.optimizer, trainer.lr_scheduler, tmp)
+            ema.save_state(trainer, tmp)
+            if getattr(trainer, "pivot", None):  # pivotal tuning: the new tokens' rows
+                trainer.pivot.save_state(tmp)
+            for rank, record in enumerate(records):
+                torch.save(record, tmp / record_name(rank))
+            checkpointing.write_train_state(tmp, p.epoch + 1, p.global_step, {
+                "global_step": p.global_step, "epoch_index": p.epoch, "batch_index_in_epoch": p.batch_index,
+                "micro_step_in_accumulation": 0, "dataset_seed": trainer.dataset_seed,
+                "max_train_steps": trainer.max_train_steps, "num_train_epochs": trainer.num_epochs,
+                "options_fingerprint": fingerprint(trainer), "options": policy_values(trainer)})
+
+    written = disk.write_guarded(trainer, final, write, disk.state_bytes(trainer), final=kind in disk.FINAL_KINDS,
+                                 what="state")
+    if written == final and kind in ("step", "epoch"):
+        milestones.prune(trainer, kind, final, index, state=True)
+    return written
 
 
 def load_state(trainer, folder: str) -> None:
-    """Resume from a state folder: bit-exact with an sd-train record, else kohya-style (CLI.md §9)."""
+    """Resume from a state folder: bit-exact with an sd-train record, else kohya-style (CLI.md §9).
+
+    States that store their options were checked by the resume policy before the models loaded
+    (``trainer.schedule_changes``); older sd-train states must match the options fingerprint.
+    """
     info, t = checkpointing.read_train_state(folder), trainer.opts.training
     record, path = info.get("sd_train"), Path(folder) / record_name(trainer.accelerator.process_index)
     forced = t.initial_step is not None or t.initial_epoch is not None
-    if record and record["options_fingerprint"] != fingerprint(trainer) and not forced:
+    old_style = record and "options" not in record
+    if old_style and record["options_fingerprint"] != fingerprint(trainer) and not forced:
         raise UserError(f"--resume {folder}: the state was written with different options (batch size, "
                         "dataset, accumulation, seed, ...); pass --initial_step to resume anyway")
     load_accelerate_files(trainer.accelerator, trainer.network, trainer.optimizer, trainer.lr_scheduler,
-                          Path(folder))
+                          Path(folder), new_schedule=bool(getattr(trainer, "schedule_changes", None)))
+    if getattr(trainer, "pivot", None):
+        trainer.pivot.load_state(Path(folder))
     if record and not path.is_file():  # saved with fewer processes: this rank starts from rank 0's RNGs
         path = Path(folder) / RESUME_RECORD
     if not record or not path.is_file():  # kohya state: restart at the epoch boundary
@@ -144,6 +193,10 @@ def load_state(trainer, folder: str) -> None:
     trainer.gen.set_state(saved["noise_gen"])
     trainer.rng.setstate(saved["noise_rng"])
     noise_lib.rng_restore(saved["global_rng"])
+    p = trainer.progress
+    exact = "not bit-exact (options changed)" if getattr(trainer, "schedule_changes", None) else "bit-exact"
+    trainer.accelerator.print(f"resumed {folder}: continuing at step {p.global_step}/{trainer.max_train_steps}, "
+                              f"epoch {p.epoch + 1}/{trainer.num_epochs}, batch {p.batch_index} of the epoch ({exact})")
 
 
 def initial_progress(initial_step: int | None, initial_epoch: int | None, skip: bool, steps_per_epoch: int,

@@ -15,18 +15,10 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError, first_line
+from library.models.schedulers import SCHEDULERS, make_scheduler, step_kwargs  # noqa: F401  (re-exported)
+from sd_train.ema import sampling_weights
 
 logger = logging.getLogger(__name__)
-SCHEDULERS = {  # kohya sampler name -> diffusers class (ddim is the fallback, kohya-compat)
-    "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
-    "k_lms": "LMSDiscreteScheduler", "euler": "EulerDiscreteScheduler",
-    "k_euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-    "k_euler_a": "EulerAncestralDiscreteScheduler", "dpmsolver": "DPMSolverMultistepScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler", "dpmsingle": "DPMSolverSinglestepScheduler",
-    "heun": "HeunDiscreteScheduler", "dpm_2": "KDPM2DiscreteScheduler",
-    "k_dpm_2": "KDPM2DiscreteScheduler", "dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-    "k_dpm_2_a": "KDPM2AncestralDiscreteScheduler",
-}
 
 
 @dataclass(frozen=True)
@@ -111,19 +103,6 @@ def _parse_prompts(path: str, text: str) -> tuple[list[SamplePrompt], set[str]]:
     return [parse_prompt_line(ln) for ln in lines if ln and not ln.startswith("#")], ignored
 
 
-def make_scheduler(name: str | None, v_parameterization: bool):
-    """diffusers scheduler for a kohya sampler name, configured with the training schedule."""
-    import diffusers
-
-    cls = getattr(diffusers, SCHEDULERS.get((name or "ddim").lower(), "DDIMScheduler"))
-    kwargs = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-              "beta_schedule": "scaled_linear",
-              "prediction_type": "v_prediction" if v_parameterization else "epsilon"}
-    if "dpmsolver++" == (name or "").lower():
-        kwargs["algorithm_type"] = "dpmsolver++"
-    return cls(**kwargs)
-
-
 def sampler_for(p: SamplePrompt, option: str | None, family) -> str:
     """Sampler name: the prompt's ``--ss``, else ``--sample_sampler``, else the family default
     (``euler_a`` for SDXL, ``ddim`` for SD1/SD2)."""
@@ -137,9 +116,10 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
 
     from library.models.fp8 import compute_dtype
 
-    sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization)
+    sched = make_scheduler(sampler_for(p, sampler, family), family.v_parameterization, p.sample_steps)
     sched.set_timesteps(p.sample_steps, device=device)
     gen = torch.Generator().manual_seed(p.seed if p.seed is not None else int(time.time()))
+    extra = step_kwargs(sched, gen)
     conds = family.encode_captions(models.text_encoders, [p.negative_prompt, p.prompt])
     shape = (1, 4, p.height // 8, p.width // 8)
     latents = (torch.randn(shape, generator=gen) * sched.init_noise_sigma).to(device)
@@ -152,7 +132,7 @@ def generate(family, models, p: SamplePrompt, sampler: str | None = None, device
         tt = torch.full((2,), int(t), dtype=torch.long, device=device)
         pred = family.predict(unet, x.to(dtype), tt, conds.to(device, dtype), size_batch).float()
         uncond, cond = pred.chunk(2)
-        latents = sched.step(uncond + p.scale * (cond - uncond), t, latents, generator=gen).prev_sample
+        latents = sched.step(uncond + p.scale * (cond - uncond), t, latents, **extra).prev_sample
     vae = models.vae
     with torch.autocast(torch.device(device).type, enabled=False):  # the VAE keeps its dtype (--no_half_vae)
         image = vae.decode((latents / family.latent_scale).to(next(vae.parameters()).dtype)).sample
@@ -172,6 +152,8 @@ def sample_during_training(trainer, epoch: int | None, step: int) -> list[Path]:
     except UserError as err:
         logger.warning("%s; no samples this time", err)
         return []
+    if getattr(trainer, "pivot", None):  # placeholders become their new tokens, as in the captions
+        prompts = [trainer.pivot.rewrite_prompt(p) for p in prompts]
     stamp, written, shown = time.strftime("%Y%m%d%H%M%S"), [], []
     vae, parked = trainer.models.vae, device_of(trainer.models.vae)
     vae.to(trainer.accelerator.device)  # kohya-compat: the VAE waits on the CPU after latent caching
@@ -214,6 +196,7 @@ def maybe_sample(trainer, epoch: int | None) -> list[Path]:
         return []
     snap = rng_snapshot()
     try:
-        return sample_during_training(trainer, epoch=epoch, step=step)
+        with sampling_weights(trainer):  # --ema_for_sampling
+            return sample_during_training(trainer, epoch=epoch, step=step)
     finally:
         rng_restore(snap)

@@ -30,3 +30,14 @@ def compute_steps(batches: int, num_processes: int, grad_accum: int, max_train_s
     steps_per_epoch = math.ceil(batches_per_process / grad_accum)
     num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
     return max_train_steps, steps_per_epoch, num_train_epochs
+
+
+def effective_save_every_n_epochs(saving, num_epochs: int) -> int | None:
+    """``--save_every_n_epochs``, or ``max(1, epochs // ratio)`` under ``--save_n_epoch_ratio`` (kohya: it wins).
+
+    Args:
+        saving: the run's :class:`sd_train.options.saving.SavingOptions`.
+        num_epochs: epochs of the run.
+    """
+    ratio = saving.save_n_epoch_ratio
+    return max(1, num_epochs // ratio) if ratio and ratio > 0 else saving.save_every_n_epochs

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from library.dataset import latent_cache
 from library.dataset.config import CliDefaults
@@ -28,7 +30,8 @@ from library.dataset.prepare import prepare
 from library.models.fp8 import apply_fp8_base
 from library.errors import UserError
 from library.log import setup_logging
-from sd_train import checkpointing, metadata, objective, optim, preservation, resume, sampling, tracking
+from sd_train import (checkpointing, class_images, ema, interrupt, metadata, milestones, objective, optim,
+                      pivotal, preflight, preservation, queue, resume, sampling, te_stop, tracking)
 from sd_train import loss as loss_lib
 from sd_train import noise as noise_lib
 from sd_train.cli import build_parser, parse_options, write_output_config
@@ -36,13 +39,14 @@ from sd_train.families.base import family_kwargs
 from sd_train.distributed import average_gradients, gloo_on_cpu, process_state
 from sd_train.guard import NanGuard, batch_report, finite_flags
 from sd_train.loader import EpochLoader
+from sd_train.monitor import StepMonitor
+from sd_train.narration import Narrator
 from sd_train.network_host import NetworkHost, parse_network_args
 from sd_train.resume import Progress
-from sd_train.steps import compute_steps
+from sd_train.steps import compute_steps, effective_save_every_n_epochs
 from sd_train.validation import Validator
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "fp32": torch.float32}
-LOSS_READ_EVERY = 10  # optimizer steps between host reads of the loss (no .item() every step)
 
 
 class Trainer:
@@ -60,11 +64,20 @@ class Trainer:
         self.schedule = noise_lib.make_schedule(options.training.zero_terminal_snr)
         self.noise_opts = noise_lib.NoiseOptions.from_training(options.training)
         self.loss_opts = loss_lib.LossOptions.from_training(options.training, options.model.v_parameterization)
+        self.final_saved, self.last_saved = False, None
+        self.argv: list[str] = []  # the command line, for the resume command of an interrupted run
 
     def setup(self) -> bool:
-        """Build everything in kohya's order (TRAINING.md §1 steps 2–9); False after --debug_dataset."""
+        """Build everything in kohya's order (TRAINING.md §1 steps 2–9); False after --debug_dataset.
+        The pre-flight checks (:mod:`sd_train.preflight`) run before any model loads."""
+        self.opts = preflight.check_options(self.opts, self.family)
         self._seed()
+        class_images.fill_reg_subsets(self)  # --generate_class_images: before the dataset scan
         if not self._setup_data():
+            return False
+        state = process_state(self.opts.training.ddp_timeout)
+        preflight.check_planned_run(self, state.num_processes, disk=state.is_main_process)
+        if self.opts.training.dry_run:  # the plan is printed and the pre-flight checks have passed
             return False
         self._setup_accelerator()
         self._setup_models()
@@ -77,6 +90,7 @@ class Trainer:
         self.progress = resume.initial_progress(t.initial_step, t.initial_epoch, t.skip_until_initial_step,
                                                 self.steps_per_epoch, self.max_train_steps,
                                                 t.gradient_accumulation_steps) or self.progress
+        self.ema, self.te_stop = ema.create(self), te_stop.TextEncoderStop(self)  # after the resume: state and step
         self.validator = Validator(self, self.val_dataset)
         self.metadata = self._build_metadata()
         return True
@@ -95,19 +109,17 @@ class Trainer:
         flat, s = self.opts.flat(), self.opts.saving
         defaults = CliDefaults(**{f.name: flat[f.name] for f in fields(CliDefaults) if f.name in flat})
         d = self.opts.dataset
-        self.prepared = prepare(build_plan(defaults), seed=self.seed, is_sdxl=self.family.name == "sdxl",
+        self.prepared = prepare(build_plan(defaults), seed=self.seed,
                                 bucket_step_multiple=self.family.bucket_step_multiple,
                                 latents_cached=d.cache_latents or d.cache_latents_to_disk)
         if self.opts.sampling.sample_prompts:
             sampling.load_prompts(self.opts.sampling.sample_prompts, warn=True)  # a bad file fails now, not mid-run
-        if process_state(self.opts.training.ddp_timeout).is_main_process:  # only rank 0 writes files
-            checkpointing.prepare_output_dir(s.output_dir)
-            (Path(s.output_dir) / f"{s.output_name or 'last'}_dataset_report.json").write_text(
-                json.dumps(self.prepared.report(), indent=2, default=str))
-            print(self.prepared.format_report())
+        if process_state(self.opts.training.ddp_timeout).is_main_process and not self.opts.training.dry_run:
+            checkpointing.prepare_output_dir(s.output_dir)  # only rank 0 writes files; --dry_run writes none
         self.dataset = BucketBatchDataset(self.prepared.train, dataset_seed=self.dataset_seed)
         self.val_dataset = (BucketBatchDataset(self.prepared.validation, dataset_seed=self.dataset_seed)
                             if self.prepared.validation else None)
+        self.narrator = Narrator.start(self.opts, self.prepared, len(self.dataset), self.family)  # reports, plan
         return not self.opts.dataset.debug_dataset
 
     def _setup_accelerator(self) -> None:
@@ -140,7 +152,7 @@ class Trainer:
             te.to(device, self.weight_dtype if device.type != "cpu" else torch.float32)
         # torch's own to(): diffusers' override warns about fp32-kept modules even when it has none
         torch.nn.Module.to(vae, device, torch.float32 if m.no_half_vae else self.weight_dtype)
-        show, tag = self.accelerator.is_local_main_process, "sdxl" if self.family.name == "sdxl" else "sd"
+        show, tag = self.accelerator.is_local_main_process, self.family.spec.latent_cache_tag
         for ds in filter(None, (self.dataset, self.val_dataset)):
             if d.cache_latents or d.cache_latents_to_disk:
                 latent_cache.cache_latents(
@@ -170,11 +182,14 @@ class Trainer:
         self.host.apply_to(te, unet, self.train_te, not n.network_train_text_encoder_only)
         if n.network_weights:
             self.host.load_weights(n.network_weights)
+        self.pivot = pivotal.setup(self)  # new tokens (pivotal tuning, textual inversion) train with the network
+        self.train_te = self.train_te or bool(self.pivot and self.pivot.training)
         if self.opts.model.gradient_checkpointing:
             self.family.enable_gradient_checkpointing(unet, self.models.text_encoders if self.train_te else ())
             self.host.enable_gradient_checkpointing()
         m = self.opts.model
         self.unet_fn = objective.compile_unet(unet, m.dynamo_backend) if m.torch_compile else unet
+        self.narrator.network_ready(self.host.network, self.accelerator.device)
 
     def _release_cached_inputs(self) -> None:
         """sd-train: free the VAE / text encoders once their outputs are cached and nothing else needs
@@ -196,16 +211,16 @@ class Trainer:
             len(self.dataset), acc.num_processes, t.gradient_accumulation_steps, t.max_train_steps,
             t.max_train_epochs)
         self.dataset.max_train_steps = self.max_train_steps  # token warm-up fractions (CLI.md §7)
-        ratio = self.opts.saving.save_n_epoch_ratio
-        if ratio and ratio > 0:  # kohya-compat: N saves over the run, once the epoch count is known
-            self.opts = self.opts.replace(save_every_n_epochs=max(1, self.num_epochs // ratio))
+        every = effective_save_every_n_epochs(self.opts.saving, self.num_epochs)  # kohya-compat: --save_n_epoch_ratio
+        self.opts = self.opts.replace(save_every_n_epochs=every)
         self.optimizer, self.optimizer_name = optim.build_optimizer(groups, o.optimizer_type, o.learning_rate,
                                                                     o.optimizer_args)
+        self.scheduler_name = optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
+                                                         o.learning_rate)
         self.lr_scheduler = optim.build_scheduler(
-            self.optimizer, optim.resolve_lr_scheduler(o.optimizer_type, o.optimizer_args, o.lr_scheduler,
-                                                       o.learning_rate),
-            num_training_steps=self.max_train_steps, num_warmup_steps=o.lr_warmup_steps or 0,
-            num_decay_steps=o.lr_decay_steps or 0, num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
+            self.optimizer, self.scheduler_name, num_training_steps=self.max_train_steps,
+            num_warmup_steps=o.lr_warmup_steps or 0, num_decay_steps=o.lr_decay_steps or 0,
+            num_cycles=o.lr_scheduler_num_cycles, power=o.lr_scheduler_power,
             timescale=o.lr_scheduler_timescale, min_lr_ratio=o.lr_scheduler_min_lr_ratio,
             scheduler_type=o.lr_scheduler_type or "", scheduler_args=o.lr_scheduler_args,
             num_processes=acc.num_processes)
@@ -216,6 +231,7 @@ class Trainer:
                                                                       self.lr_scheduler)
         if self.opts.model.full_fp16:
             optim.allow_fp16_unscale(acc.scaler)
+        self.monitor = StepMonitor(acc, self.lr_descriptions)
 
     def _build_metadata(self) -> dict[str, str]:
         """The ``ss_*`` / ``modelspec.*`` dict of this run (FORMAT.md §4–5)."""
@@ -229,23 +245,33 @@ class Trainer:
                "num_processes": self.accelerator.num_processes, "optimizer": self.optimizer_name,
                "network_args": args}
         info = self.family.model_info(o.model.pretrained_model_name_or_path, o.model.vae)
-        return metadata.build_metadata(o.model, o.dataset, o.training, o.optimizer, n, o.saving, summary=summary,
+        opt = o.optimizer
+        if self.scheduler_name != opt.lr_scheduler:  # kohya-compat: Adafactor's relative step rewrites both
+            opt = replace(opt, lr_scheduler=self.scheduler_name, learning_rate=None)
+        return metadata.build_metadata(o.model, o.dataset, o.training, opt, n, o.saving, summary=summary,
                                        model_info=info, run=run)
 
-    def train(self) -> None:
-        """Run epochs and optimizer steps with logging, saving and sampling cadence (CLI.md §7–11)."""
-        p, s, acc = self.progress, self.opts.saving, self.accelerator
+    def train(self) -> int:
+        """Run epochs and optimizer steps with logging, saving and sampling cadence (CLI.md §7–11).
+
+        Returns:
+            0, or 130 when SIGINT/SIGTERM stopped the run (see :mod:`sd_train.interrupt`).
+        """
+        p, acc = self.progress, self.accelerator
         accum = self.opts.training.gradient_accumulation_steps
         tes = self.family.plugin_text_encoders(self.models)
         tracking.init_trackers(acc, self.opts)
-        sampling.maybe_sample(self, None)  # --sample_at_first (only at step 0)
+        milestones.sample(self, None)  # --sample_at_first (only at step 0)
         d = self.opts.dataset
         loader = EpochLoader(self.dataset, acc.num_processes, acc.process_index, d.max_data_loader_n_workers,
                              d.persistent_data_loader_workers)
-        with tqdm(total=self.max_train_steps, initial=p.global_step, desc="steps",
-                  disable=not acc.is_local_main_process) as bar:
+        with logging_redirect_tqdm(), interrupt.StopRequest() as stop, tqdm(  # log lines go above the bar
+                total=self.max_train_steps, initial=p.global_step, desc="steps", disable=not acc.is_local_main_process
+        ) as bar:
+            self.monitor.bar = bar
             while p.epoch < self.num_epochs and p.global_step < self.max_train_steps:
                 self.host.on_epoch_start(tes, self.models.unet)
+                self.narrator.epoch_start(p.epoch + 1, p.global_step)
                 n_batches, window = len(loader.indices()), []
                 for index, batch in enumerate(loader.epoch(p.epoch, p.batch_index, p.global_step), start=p.batch_index):
                     self.host.on_step_start(tes, self.models.unet)
@@ -256,40 +282,21 @@ class Trainer:
                         continue
                     self._optimizer_step(window, batch)
                     window, p.global_step = [], p.global_step + 1
+                    ema.update(self, p.global_step)  # before this step's saves, samples or interrupt save
+                    self.te_stop.after_step(self, p.global_step)
                     bar.update(1)
-                    if p.global_step % LOSS_READ_EVERY == 0 or p.global_step == self.max_train_steps:
-                        self._flush_losses(bar)
-                    self._after_step()
+                    self._flush_losses()
+                    if p.global_step < self.max_train_steps and stop.requested(acc):  # the step is done; its
+                        return interrupt.save_interrupted(self)  # cadence saves and samples are left to the resume
+                    milestones.after_step(self)
+                    self.narrator.step_done(p.global_step)
                     if p.global_step >= self.max_train_steps:
                         break
-                self._flush_losses(bar)
                 if p.batch_index >= n_batches:
-                    self._end_epoch(p.epoch + 1)
-        self._save_model("final", epoch=self.num_epochs)
-        if s.save_state or s.save_state_on_train_end:
-            self.save_state("final")
-
-    def _after_step(self) -> None:
-        """Step cadence after an optimizer step: sampling first, then checkpoint and state folder."""
-        step, s = self.progress.global_step, self.opts.saving
-        sampling.maybe_sample(self, None)
-        if s.save_every_n_steps and step % s.save_every_n_steps == 0 and step < self.max_train_steps:
-            self._save_model("step")
-            if s.save_state:
-                self.save_state("step")
-        self.validator.after_step(step)
-
-    def _end_epoch(self, epoch_no: int) -> None:
-        """End of epoch ``epoch_no`` (from 1): epoch average, epoch checkpoint (not the last), sampling."""
-        p, s = self.progress, self.opts.saving
-        self.accelerator.log({"loss/epoch_average": self.losses.average}, step=epoch_no)
-        self.validator.after_epoch(epoch_no)
-        p.epoch, p.batch_index = p.epoch + 1, 0
-        if s.save_every_n_epochs and epoch_no % s.save_every_n_epochs == 0 and epoch_no < self.num_epochs:
-            self._save_model("epoch", epoch=epoch_no)
-            if s.save_state:
-                self.save_state("epoch", epoch=epoch_no)
-        sampling.maybe_sample(self, epoch_no)
+                    milestones.end_epoch(self, p.epoch + 1)
+        milestones.finish(self)
+        self.narrator.finish(self)
+        return 0
 
     def train_step(self, batch: dict, accum: int = 1) -> torch.Tensor:
         """One micro-batch: latents → noise → predict → loss → backward; returns the detached loss. No host
@@ -311,6 +318,7 @@ class Trainer:
         norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
         loss_ok, norm_ok = finite_flags(torch.stack(window).sum(), norm)
         scaler = self.accelerator.scaler  # fp16: GradScaler skips its own overflow steps and lowers its scale
+        self.monitor.before_step(self.optimizer)
         if loss_ok and (norm_ok or scaler is not None):
             self.optimizer.step()
             self.lr_scheduler.step()  # accelerate does not step it after a skipped GradScaler step
@@ -320,52 +328,28 @@ class Trainer:
             if scaler is not None:
                 scaler.update()  # clip_grad_norm_ unscaled: reset GradScaler's step state, lower the scale
             report = batch_report(batch, self._last_timesteps)
-            self.accelerator.print(f"skipped non-finite step {step}: {report}")
+            self.narrator.nan_skip(step, report)
             self.guard.record_skip(step, "loss or gradient norm", report)
+        self.monitor.after_step(step, self.lr_scheduler, self.guard.skipped_total)
         self.optimizer.zero_grad(set_to_none=True)
         if self.opts.network.scale_weight_norms:
             self.host.apply_max_norm_regularization(self.opts.network.scale_weight_norms, self.accelerator.device)
+        if getattr(self, "pivot", None):
+            self.pivot.after_step()
         self.guard.check_params(params, step)
 
-    def _flush_losses(self, bar=None) -> None:
-        """Read pending losses (one host sync) and log kohya's scalars at the current step."""
-        rows = self.losses.flush()
-        extra = {f"lr/{d}": g["lr"] for d, g in zip(self.lr_descriptions, self.optimizer.param_groups)}
-        extra["sd_train/nonfinite_steps_skipped"] = self.guard.skipped_total
-        for step, current, average in rows:
-            self.accelerator.log({"loss/current": current, "loss/average": average, **extra}, step=step)
-        if bar is not None and rows:
-            bar.set_postfix(loss=f"{rows[-1][1]:.4f}", avg=f"{rows[-1][2]:.4f}",
-                            lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+    def _flush_losses(self) -> None:
+        """Read pending losses (one host sync) and log kohya's scalars with the learning rates of each step."""
+        self.monitor.write(self.narrator.losses(self.losses.flush()))
 
-    def _prune(self, kind: str, new_path: Path, index: int, state: bool) -> None:
-        """Remove the step/epoch file or state folder that --save_last_n_* rules out (CLI.md §8)."""
-        s, unit = self.opts.saving, "steps" if kind == "step" else "epochs"
-        every, keep = getattr(s, f"save_every_n_{unit}"), getattr(s, f"save_last_n_{unit}")
-        keep = (getattr(s, f"save_last_n_{unit}_state") if state else None) or keep
-        checkpointing.prune_after_save(s.output_dir, new_path, kind, s.output_name, index, every, keep,
-                         ext=None if state else s.save_model_as)
-
-    def _save_model(self, kind: str, epoch: int | None = None) -> Path:
-        """Write a checkpoint through the host (finite check + atomic rename), then prune."""
-        self.accelerator.wait_for_everyone()
-        s, step = self.opts.saving, self.progress.global_step
-        index = step if kind == "step" else epoch
-        path = Path(s.output_dir) / checkpointing.model_file_name(kind, s.output_name, s.save_model_as, index)
-        if self.accelerator.is_main_process:
-            meta = metadata.update_for_save(self.metadata, step, epoch or self.progress.epoch + 1)
-            self.host.save(str(path), self.save_dtype, meta)
-            if kind != "final":
-                self._prune(kind, path, index, state=False)
-        return path
-
-    def save_state(self, kind: str, epoch: int | None = None) -> Path:
+    def save_state(self, kind: str, epoch: int | None = None) -> Path | None:
         """Write a state folder (see :func:`sd_train.resume.save_state`)."""
-        return resume.save_state(self, kind, epoch)
+        return self.narrator.wrote(resume.save_state(self, kind, epoch), "state")
 
     def cleanup(self) -> None:
         """End accelerate's trackers; in a single process, forget accelerate's global state so that
         ``main()`` can run again in-process with other precision settings (tests, notebooks)."""
+        Narrator.stop(self)  # a run that did not finish keeps its record and report
         if not hasattr(self, "accelerator"):  # stopped before accelerate started (bad input, --debug_dataset)
             return
         self.accelerator.end_training()
@@ -374,7 +358,7 @@ class Trainer:
 
 
 def run(family_cls, argv: list[str] | None, entry: str) -> int:
-    """Parse options (``entry`` = ``"sd"`` | ``"sdxl"``), then set up and train; returns 0."""
+    """Parse options (``entry``: a key of ``sd_train.families.ENTRIES``), then set up and train; returns 0."""
     options = parse_options(argv, entry)
     log = options.logging
     setup_logging(log.console_log_level, log.console_log_file, log.console_log_simple)
@@ -382,9 +366,11 @@ def run(family_cls, argv: list[str] | None, entry: str) -> int:
         write_output_config(options, options.training.config_file, build_parser(entry))
         return 0
     trainer = Trainer(options, family_cls(**family_kwargs(options)))
+    trainer.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if trainer.setup():
-            trainer.train()
+        code = trainer.train() if trainer.setup() else 0
+        if trainer.final_saved:
+            queue.write_result(trainer)  # the final loss for sd_train_queue's table
+        return code
     finally:
         trainer.cleanup()
-    return 0

@@ -8,6 +8,7 @@ import torch
 
 from library.dataset.dataset import BucketBatchDataset
 from sd_train import noise as noise_lib
+from sd_train.ema import sampling_weights
 
 NUM_TIMESTEPS = 6  # linspace(min_t, max_t, 6)[1:-1]: four fixed timesteps
 
@@ -75,7 +76,7 @@ class Validator:
         network.eval()
         _set_optimizer_mode(tr.optimizer, "eval")
         try:
-            with torch.no_grad():
+            with torch.no_grad(), sampling_weights(tr):  # --ema_for_sampling
                 for index in self._indices():
                     batch = self.dataset[index]
                     for t in self.timesteps:

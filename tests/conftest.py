@@ -25,3 +25,33 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def plan_numbers():
+    """``plan_numbers(stdout) -> (optimizer steps per epoch, epochs, optimizer steps)`` of a printed plan."""
+    import re
+
+    def parse(text: str) -> tuple[int, int, int]:
+        m = re.search(r"→ (\d+) optimizer steps per epoch; (\d+) epochs, (\d+) optimizer steps in all", text)
+        assert m, text
+        return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+    return parse
+
+
+@pytest.fixture
+def summary_rows():
+    """``summary_rows(stdout) -> {path: rest of the line}`` of the end summary's ``wrote`` rows."""
+
+    def parse(text: str) -> dict[str, str]:
+        rows, inside = {}, False
+        for line in text[text.index("summary:"):].splitlines()[1:]:
+            label, value = line[:14].strip(), line[14:]
+            inside = label == "wrote" or (inside and not label)
+            if inside:
+                path, _, rest = value.partition("  ")
+                rows[path] = rest
+        return rows
+
+    return parse

@@ -1,1 +1,4 @@
-"""Command-line tools: merge, resize, convert and inspect LoRAs and checkpoints."""
+"""Command-line tools: merge, resize, convert and inspect LoRAs and checkpoints.
+
+May import: ``library``, ``networks``.
+"""

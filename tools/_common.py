@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -11,11 +12,69 @@ import torch
 
 from library.errors import UserError
 from library.lora.file import DTYPES
+from library.models.families import family_spec
 
 PRECISIONS = ("float", "fp16", "bf16")
 _MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
                  "ss_network_args")
-_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
+
+
+DATASET_FLAG_HELP = {  # the trainer's help of its non-caption dataset flags (a test keeps them equal)
+    "train_data_dir": 'Parent of the N_name image folders (with --in_json: the image folder)',
+    "reg_data_dir": 'Parent of the N_name folders with regularization images',
+    "in_json": 'Fine-tuning metadata file (.json / .jsonl)',
+    "dataset_repeats": 'Repeats of the --in_json subset',
+    "dataset_config": 'Dataset TOML/JSON; replaces --train_data_dir, --reg_data_dir and --in_json',
+    "resolution": "Training resolution 'SIZE' or 'WIDTH,HEIGHT'",
+    "enable_bucket": 'Aspect-ratio bucketing',
+    "min_bucket_reso": 'Smallest bucket side in pixels',
+    "max_bucket_reso": 'Largest bucket side in pixels',
+    "bucket_reso_steps": 'Bucket side granularity (SDXL: multiple of 32, SD1/2: multiple of 64)',
+    "bucket_no_upscale": 'One bucket per image size, never upscale',
+    "resize_interpolation": 'Resize filter (default: area when shrinking, lanczos when enlarging)',
+    "caption_extension": 'Caption file extension',
+    "caption_extention": 'Old misspelling of --caption_extension',
+    "cache_info": 'Cache captions and image sizes in metadata_cache.json per image folder',
+    "color_aug": 'Weak color augmentation (incompatible with latent caching)',
+    "flip_aug": 'Random horizontal flip with probability 0.5',
+    "face_crop_aug_range": "'a,b': face-centred crop scale range (needs name_cx_cy_w_h file names)",
+    "random_crop": 'Random instead of centred trim (incompatible with latent caching)',
+    "alpha_mask": 'Use the image alpha channel as a loss mask',
+    "masked_loss": 'Multiply the loss by masks from --conditioning_data_dir',
+    "conditioning_data_dir": 'Mask images for --masked_loss (same stem as the images)',
+    "train_batch_size": 'Images per batch per process',
+    "validation_split": 'Fraction of each dataset held out for validation',
+    "validation_seed": 'Seed of the split and of validation noise (default --seed)',
+    "prior_loss_weight": 'Loss weight of regularization images',
+    "max_train_steps": 'Optimizer steps to train',
+}
+_ROLE = re.compile(r":(?:class|func|mod|meth|data):`~?([^`]+)`")
+
+
+def describe(doc: str) -> str:
+    """A module docstring as ``--help`` text: Sphinx roles and double backquotes removed, ``%`` escaped."""
+    text = _ROLE.sub(lambda m: m.group(1).rpartition(".")[2], doc)
+    return re.sub(r"``([^`]+)``", r"\1", text).replace("%", "%%").strip()
+
+
+def add_dataset_flags(parser) -> None:
+    """One ``--name`` per dataset flag of training (:class:`library.dataset.config.CliDefaults`), same defaults."""
+    import dataclasses
+    import typing
+
+    from library.dataset.captions import CAPTION_RULES
+    from library.dataset.config import CliDefaults
+
+    help_texts = {**{rule.name: rule.help for rule in CAPTION_RULES}, **DATASET_FLAG_HELP}
+    hints = typing.get_type_hints(CliDefaults)
+    for f in dataclasses.fields(CliDefaults):
+        options = typing.get_args(hints[f.name]) or (hints[f.name],)
+        kind = next((k for k in (bool, int, float) if k in options), str)
+        text = help_texts[f.name].replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action="store_true", help=text)
+        else:
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=text)
 
 
 def add_common(parser: argparse.ArgumentParser, device: bool = True) -> None:
@@ -99,7 +158,7 @@ def lora_metadata(base: Mapping[str, str], save_to: str, inputs: list[str], fami
     meta.pop("sshs_legacy_hash", None)
     meta.setdefault("modelspec.sai_model_spec", "1.0.1")
     if family and "modelspec.architecture" not in meta:
-        meta["modelspec.architecture"] = _ARCH[family] + "/lora"
+        meta["modelspec.architecture"] = family_spec(family).modelspec_architecture(False) + "/lora"
     meta["modelspec.title"] = Path(save_to).stem
     meta["modelspec.date"] = datetime.datetime.now().replace(microsecond=0).isoformat()
     meta["modelspec.merged_from"] = ", ".join(Path(p).stem for p in inputs)

@@ -1,9 +1,8 @@
 """Write the latent ``.npz`` caches of a dataset, as a training run with ``--cache_latents_to_disk`` would.
 
-TOOLS.md §9: takes the dataset flags of training (every :class:`library.dataset.config.CliDefaults`
-field, e.g. ``--dataset_config``, ``--train_data_dir``, ``--in_json``, ``--resolution``, bucket
-flags, ``--caption_extension``) plus the model flags that change the latents. Files are
-``{stem}_{W:04d}x{H:04d}_{sd|sdxl}.npz`` next to each image (DATASET.md §10); valid existing files
+Takes the dataset flags of training (e.g. ``--dataset_config``, ``--train_data_dir``, ``--in_json``,
+``--resolution``, bucket flags, ``--caption_extension``) plus the model flags that change the latents. Files are
+``{stem}_{W:04d}x{H:04d}_{sd|sdxl}.npz`` next to each image; valid existing files
 are kept, so a second run encodes nothing.
 
 Usage: ``cache_latents --pretrained_model_name_or_path M.safetensors --dataset_config D.toml [--sdxl]``.
@@ -14,8 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
 import torch
 
@@ -25,31 +23,16 @@ from library.dataset.dataset import BucketBatchDataset
 from library.dataset.plan import build_plan
 from library.dataset.prepare import prepare
 from library.errors import run_cli
+from library.models.families import FamilySpec, family_from_flags, family_spec
+from tools._common import add_dataset_flags, describe
 
 logger = logging.getLogger(__name__)
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # --mixed_precision -> weight dtype
 
 
-def _flag_type(hint):
-    """argparse ``type`` of a CliDefaults field from its type hint; None for bool flags."""
-    options = typing.get_args(hint) or (hint,)
-    for kind in (bool, int, float):
-        if kind in options:
-            return None if kind is bool else kind
-    return str
-
-
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--name`` per :class:`CliDefaults` field (same names and defaults as training)."""
-    group = parser.add_argument_group("dataset (same flags as training)")
-    hints = typing.get_type_hints(CliDefaults)
-    for f in fields(CliDefaults):
-        default = None if f.default is MISSING else f.default
-        kind = _flag_type(hints[f.name])
-        if kind is None:
-            group.add_argument(f"--{f.name}", action="store_true")
-        else:
-            group.add_argument(f"--{f.name}", type=kind, default=default)
+    """Add the dataset flags of training (same names and defaults)."""
+    add_dataset_flags(parser.add_argument_group("dataset (same flags as training)"))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +42,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", default=None, help="separate VAE file (as in training)")
     parser.add_argument("--sdxl", action="store_true", help="the checkpoint is SDXL")
     parser.add_argument("--v2", action="store_true", help="the checkpoint is SD2")
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
+                        help="dtype of the VAE and text encoders while encoding (as in training)")
     parser.add_argument("--no_half_vae", action="store_true", help="keep the VAE in fp32 under mixed precision")
     parser.add_argument("--vae_batch_size", type=int, default=1, help="images (or captions) per encoder call")
     parser.add_argument("--seed", type=int, default=None, help="training seed (latent sampling, validation split)")
@@ -75,11 +59,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def setup_parser(description: str = __doc__) -> argparse.ArgumentParser:
     """Parser of the cache tools."""
-    parser = argparse.ArgumentParser(description=description.replace("%", "%%"),
+    parser = argparse.ArgumentParser(description=describe(description),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     add_dataset_arguments(parser)
     return parser
+
+
+def _family(args: argparse.Namespace) -> FamilySpec:
+    """The family ``--sdxl`` / ``--v2`` name (SD1 without either)."""
+    return family_from_flags(sdxl=args.sdxl, v2=args.v2)
 
 
 def seeds(args: argparse.Namespace) -> tuple[int, int]:
@@ -93,7 +82,7 @@ def build_datasets(args: argparse.Namespace, seed: int, dataset_seed: int) -> li
     """The training (and validation, if split) datasets of the flags, planned and bucketed like training."""
     values = vars(args)
     defaults = CliDefaults(**{f.name: values[f.name] for f in fields(CliDefaults)})
-    prepared = prepare(build_plan(defaults), seed=seed, is_sdxl=args.sdxl, bucket_step_multiple=32 if args.sdxl else 64,
+    prepared = prepare(build_plan(defaults), seed=seed, bucket_step_multiple=_family(args).bucket_step_multiple,
                        latents_cached=True)
     print(prepared.format_report())
     sets = [prepared.train] + ([prepared.validation] if prepared.validation else [])
@@ -104,8 +93,7 @@ def load(args: argparse.Namespace):
     """``(LoadedModels, device, weight dtype)``; a checkpoint of another family is a UserError."""
     from library.checkpoint.io import load_models
 
-    family = "sdxl" if args.sdxl else "sd2" if args.v2 else "sd"
-    models = load_models(args.pretrained_model_name_or_path, expected_family=family, v2=args.v2,
+    models = load_models(args.pretrained_model_name_or_path, expected_family=_family(args).name, v2=args.v2,
                          vae_path=args.vae)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return models, device, DTYPES.get(args.mixed_precision, torch.float32)
@@ -132,7 +120,7 @@ def cache_all_latents(args: argparse.Namespace) -> int:
     vae = models.vae.requires_grad_(False).eval()
     vae.to(device, torch.float32 if args.no_half_vae else dtype)
     encode = latent_encoder(vae, device, torch.Generator().manual_seed(seed))
-    tag = "sdxl" if models.family == "sdxl" else "sd"
+    tag = family_spec(models.family).latent_cache_tag
     count = 0
     for ds in datasets:
         count += latent_cache.cache_latents(ds, encode, batch_size=args.vae_batch_size or 1, to_disk=True,

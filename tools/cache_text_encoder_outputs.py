@@ -1,9 +1,9 @@
 """Write SDXL text-encoder output caches, as a training run with ``--cache_text_encoder_outputs_to_disk`` would.
 
-TOOLS.md §9: same flags as :mod:`tools.cache_latents` (training's dataset flags, ``--max_token_length``,
+Same flags as cache_latents (training's dataset flags, ``--max_token_length``,
 ``--tokenizer_cache_dir``, ``--mixed_precision``). Files are ``{stem}_te_outputs.npz`` next to each
 image with keys ``hidden_state1 (L, D1)``, ``hidden_state2 (L, D2)``, ``pool2 (P,)`` and the caption
-hash (DATASET.md §10); a file whose caption still matches is kept, so a second run encodes nothing.
+hash; a file whose caption still matches is kept, so a second run encodes nothing.
 
 The SDXL conditioning (chunking of long captions, penultimate hidden states of both encoders,
 TE2's projected pooled output of the first chunk) comes from ``library.text.conditioning``, the

@@ -1,7 +1,7 @@
 """Check a dataset and print its report without loading any model: ``check_dataset``.
 
 Reads the dataset TOML/JSON (or the folder convention / ``--in_json``), checks every image header,
-reads the captions, assigns buckets and prints the report of DATASET.md §11. ``--json`` prints one
+reads the captions, assigns buckets and prints the dataset report. ``--json`` prints one
 JSON document instead: datasets with per-image ``{"path", "bucket", "resized", "crop_ltrb",
 "original_size", "crop_top_left"}`` and per-bucket ``{"resolution", "count", ...}`` entries.
 """
@@ -15,25 +15,15 @@ import sys
 
 from library.dataset import CliDefaults, build_plan, prepare
 from library.errors import run_cli
-
-
-def _flag_type(default):
-    if isinstance(default, bool):
-        return None
-    if isinstance(default, (int, float)):
-        return type(default)
-    return str
+from library.models.families import family_from_flags
+from tools._common import add_dataset_flags, describe
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """Every dataset flag of the trainer (kohya names) plus ``--sdxl``, ``--seed``, ``--json``."""
-    p = argparse.ArgumentParser(prog="check_dataset", description=__doc__)
-    for f in dataclasses.fields(CliDefaults):
-        default = f.default
-        if isinstance(default, bool):
-            p.add_argument(f"--{f.name}", action="store_true")
-        else:
-            p.add_argument(f"--{f.name}", type=_flag_type(default), default=default)
+    p = argparse.ArgumentParser(prog="check_dataset", description=describe(__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_flags(p)
     p.add_argument("--sdxl", action="store_true", help="SDXL rules: bucket steps multiple of 32, "
                    "'sdxl' cache names")
     p.add_argument("--cache_latents", action="store_true", help="the run caches latents: without bucketing, "
@@ -52,8 +42,8 @@ def main(argv=None) -> int:
     names = {f.name for f in dataclasses.fields(CliDefaults)}
     defaults = CliDefaults(**{k: v for k, v in vars(args).items() if k in names})
     plan = build_plan(defaults)
-    data = prepare(plan, seed=args.seed, bucket_step_multiple=32 if args.sdxl else 64,
-                   is_sdxl=args.sdxl, latents_cached=args.cache_latents)
+    data = prepare(plan, seed=args.seed, bucket_step_multiple=family_from_flags(sdxl=args.sdxl).bucket_step_multiple,
+                   latents_cached=args.cache_latents)
     if args.json:
         print(json.dumps(data.report(), indent=1))
     else:

@@ -16,13 +16,14 @@ from library.errors import run_cli
 from library.lora.convert import is_network_target, te_name_set, unet_name_table
 from library.lora.file import load_tensors, read_lora
 from library.lora.algebra import delta_weight, lora_scale
-
-_TE_LAYERS = {"sd1": {"lora_te": 12}, "sd2": {"lora_te": 24}, "sdxl": {"lora_te1": 12, "lora_te2": 32}}
+from library.models.detect import LORA_FIT_ORDER, lora_name_families
+from library.models.families import family_spec
+from tools._common import describe
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """kohya's positional file and ``-s/--show_all_keys``."""
-    p = argparse.ArgumentParser(prog="check_lora_weights", description=__doc__)
+    p = argparse.ArgumentParser(prog="check_lora_weights", description=describe(__doc__))
     p.add_argument("file", help="LoRA file")
     p.add_argument("-s", "--show_all_keys", action="store_true", help="report every tensor, not only the first 10 modules")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -32,12 +33,15 @@ def setup_parser() -> argparse.ArgumentParser:
 def family_names(family: str) -> set[str]:
     """Every module name ``networks.lora`` can create for a family (conv modules included)."""
     unet = {n for n, d in unet_name_table(family).items() if is_network_target(d, conv=True)}
-    return unet | te_name_set(family, _TE_LAYERS[family])
+    layers = {slot.lora_prefix: slot.lora_layers for slot in family_spec(family).text_encoders}
+    return unet | te_name_set(family, layers)
 
 
 def best_fit(names: set[str]) -> tuple[str, list[str]]:
     """``(family, unmatched names)`` for the family whose name set covers the most modules."""
-    fits = {fam: sorted(names - family_names(fam)) for fam in ("sdxl", "sd1", "sd2")}
+    # only the tables a name can match: an SD1/SD2 table imports diffusers (seconds), the SGM (SDXL) one not
+    candidates = lora_name_families(names) or LORA_FIT_ORDER
+    fits = {spec.name: sorted(names - family_names(spec.name)) for spec in candidates}
     fam = min(fits, key=lambda f: len(fits[f]))
     return fam, fits[fam]
 

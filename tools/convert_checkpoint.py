@@ -1,4 +1,4 @@
-"""Convert SD1.x / SD2.x / SDXL checkpoints between a single file and a diffusers folder (TOOLS.md §7).
+"""Convert SD1.x / SD2.x / SDXL checkpoints between a single file and a diffusers folder.
 
 kohya's ``tools/convert_diffusers20_original_sd.py`` interface, extended to SDXL:
 ``convert_checkpoint MODEL_TO_LOAD MODEL_TO_SAVE [--sdxl] [--save_precision_as fp16]``. A path ending
@@ -16,16 +16,17 @@ import torch
 
 from library.log import setup_logging
 from library.errors import UserError, run_cli
+from library.models.families import family_spec, flagged_families
+from tools._common import describe
 
 logger = logging.getLogger(__name__)
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 _SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32, "no": None}
-_FAMILY_NAMES = {"sd1": "SD1.x (--v1)", "sd2": "SD2.x (--v2)", "sdxl": "SDXL (--sdxl)"}
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """Flags of TOOLS.md §7 (kohya's converter) plus ``--sdxl``, ``--v_parameterization`` and ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="convert_checkpoint", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="convert_checkpoint", description=describe(__doc__.split("\n")[0]))
     p.add_argument("model_to_load", help="single file (.safetensors/.ckpt) or diffusers folder to read")
     p.add_argument("model_to_save", help="single file (.safetensors/.ckpt) or diffusers folder to write")
     fam = p.add_mutually_exclusive_group()
@@ -84,12 +85,11 @@ def path_family(src: Path) -> str:
 
 
 def _check_family(args, src: Path) -> str:
-    asked = "sd1" if args.v1 else "sd2" if args.v2 else "sdxl" if args.sdxl else None
-    found = path_family(src)
-    if asked is not None and asked != found:
-        raise UserError(f"{src}: this checkpoint is {_FAMILY_NAMES[found]}; "
-                        f"remove --{'v1' if asked == 'sd1' else 'v2' if asked == 'sd2' else 'sdxl'}")
-    return found
+    asked = flagged_families(v1=args.v1, v2=args.v2, sdxl=args.sdxl)  # the flags are mutually exclusive
+    found = family_spec(path_family(src))
+    if asked and asked[0] != found:
+        raise UserError(f"{src}: this checkpoint is {found.label} (--{found.tool_flag}); remove --{asked[0].tool_flag}")
+    return found.name
 
 
 def _check_paths(args, src: Path, dst: Path) -> None:
@@ -115,15 +115,11 @@ def save_single_file(models, path: Path, dtype: torch.dtype | None, metadata: di
         metadata: Extra ``__metadata__`` strings (safetensors only).
     """
     from library.checkpoint import convert as cc
+    from library.checkpoint.io import single_file_state
     from library.io.safetensors_io import atomic_path
     from library.io.safetensors_stream import write_streaming
 
-    states = {"unet": models.unet.state_dict(), "vae": models.vae.state_dict()}
-    states.update({f"te{i}": te.state_dict() for i, te in enumerate(models.text_encoders)})
-    te_layers = {f"te{i}": c.num_hidden_layers for i, c in enumerate(models.configs["text_encoders"])}
-    sd = cc.to_single_file(models.family, states, models.extras, te_layers)
-    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-          for k, v in sd.items()}
+    sd = single_file_state(models, dtype)
     if path.suffix.lower() == ".safetensors":
         meta = {cc.CONFIG_METADATA_KEY: cc.configs_to_json(models.family, models.configs), **metadata}
         write_streaming(path, [(k, v.dtype, tuple(v.shape)) for k, v in sd.items()], sd.__getitem__, meta)

@@ -1,4 +1,4 @@
-"""Convert LoRAs between kohya and diffusers/PEFT layouts: ``convert_lora`` (TOOLS.md §6, FORMAT.md §9).
+"""Convert LoRAs between kohya and diffusers/PEFT layouts: ``convert_lora``.
 
 kohya → PEFT writes ``unet.*``, ``text_encoder.*`` and ``text_encoder_2.*`` keys with ``lora_A`` /
 ``lora_B``; alpha is baked into ``lora_B`` (``--alpha_mode bake``, loads the same everywhere) or kept
@@ -19,36 +19,25 @@ from library.lora.file import (check_finite, check_output, detect_format, group_
                                unsupported_keys, write_lora)
 from library.lora.algebra import lora_scale
 from library.io.safetensors_io import save_lora_file
-from tools._common import PRECISIONS, add_common, dtype_of, lora_metadata, progress
+from library.models.detect import family_of_peft
+from library.models.families import FAMILIES
+from tools._common import PRECISIONS, add_common, describe, dtype_of, lora_metadata, progress
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """Flags of TOOLS.md §6 plus ``--drop_unsupported`` and ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="convert_lora", description=__doc__)
+    p = argparse.ArgumentParser(prog="convert_lora", description=describe(__doc__))
     p.add_argument("--model", required=True, help="input LoRA (kohya, PEFT, old diffusers)")
     p.add_argument("--save_to", required=True, help="output file")
     p.add_argument("--to", required=True, choices=("kohya", "peft"), help="output layout")
     p.add_argument("--alpha_mode", choices=("bake", "metadata"), default="bake",
                    help="PEFT output: bake alpha/r into lora_B, or store alphas in lora_adapter_metadata")
-    p.add_argument("--arch", choices=("auto", "sd1", "sd2", "sdxl"), default="auto", help="model family (auto: detect)")
+    p.add_argument("--arch", choices=("auto", *FAMILIES), default="auto", help="model family (auto: detect)")
     p.add_argument("--save_precision", choices=PRECISIONS, default=None, help="output dtype (default: as stored)")
     p.add_argument("--drop_unsupported", action="store_true",
                    help="drop LoHa/LoKr/OFT/DoRA/bundle_emb keys instead of stopping")
     add_common(p, device=False)
     return p
-
-
-def _peft_family(groups: dict) -> str:
-    comps = {c for c, _ in groups}
-    if "text_encoder_2" in comps:
-        return "sdxl"
-    for (comp, path), parts in groups.items():
-        width = parts["down"].shape[1] if parts["down"].dim() > 1 else 0
-        if path.endswith("attn2.to_k") and width in (1024, 2048):
-            return "sd2" if width == 1024 else "sdxl"
-        if comp == "text_encoder" and path.endswith("q_proj") and width == 1024:
-            return "sd2"
-    return "sd1"
 
 
 def peft_to_modules(tensors: dict, metadata: dict, arch: str, drop: bool) -> tuple[dict, str]:
@@ -63,7 +52,8 @@ def peft_to_modules(tensors: dict, metadata: dict, arch: str, drop: bool) -> tup
         groups.setdefault(parsed[:2], {})[parsed[2]] = t
     if odd and not drop:
         raise UserError(f"{len(odd)} keys have no kohya equivalent ({', '.join(odd[:3])}); pass --drop_unsupported")
-    family = _peft_family(groups) if arch == "auto" else arch
+    downs = {k: tuple(parts["down"].shape) for k, parts in groups.items() if "down" in parts}
+    family = family_of_peft(downs) if arch == "auto" else arch
     inverse = {d: k for k, d in unet_name_table(family).items()}
     adapter = json.loads(metadata.get("lora_adapter_metadata", "{}") or "{}")
     modules = {}

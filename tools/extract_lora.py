@@ -21,14 +21,14 @@ from library.lora.convert import TE_RE, checkpoint_family, checkpoint_targets, s
 from library.lora.file import check_output, load_tensors, write_lora
 from library.lora.svd import extract_factors
 from library.io.safetensors_io import read_header
-from tools._common import PRECISIONS, add_common, device_of, dtype_of, lora_metadata, progress
+from library.models.families import family_spec, flagged_families
+from tools._common import PRECISIONS, add_common, describe, device_of, dtype_of, lora_metadata, progress
 
-_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """kohya's flags (TOOLS.md §5) plus ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="extract_lora", description=__doc__)
+    p = argparse.ArgumentParser(prog="extract_lora", description=describe(__doc__))
     p.add_argument("--model_org", required=True, help="original checkpoint (single file)")
     p.add_argument("--model_tuned", required=True, help="fine-tuned checkpoint (single file)")
     p.add_argument("--save_to", required=True, help="output LoRA")
@@ -68,11 +68,13 @@ def select_targets(args, shapes_org, shapes_tuned) -> tuple[str, dict]:
     family = checkpoint_family(shapes_org)
     if checkpoint_family(shapes_tuned) != family:
         raise UserError(f"{args.model_tuned}: is {checkpoint_family(shapes_tuned)}, but {args.model_org} is {family}")
-    if (args.sdxl and family != "sdxl") or (args.v2 and family != "sd2"):
+    if any(s.name != family for s in flagged_families(sdxl=args.sdxl, v2=args.v2)):
         raise UserError(f"{args.model_org}: this checkpoint is {family}; drop --sdxl/--v2")
     targets = checkpoint_targets(shapes_org, family, conv=args.conv_dim is not None)
-    if family == "sd2":  # kohya-compat: the SD2 text encoder is built with 23 layers
-        targets = {n: t for n, t in targets.items() if not (TE_RE.match(n) and TE_RE.match(n).group(2) == "23")}
+    # kohya-compat: a text encoder built one layer short (SD2) has no LoRA on the file's placeholder layer
+    last = {s.lora_prefix: str(s.lora_layers - 1)
+            for s in family_spec(family).text_encoders if s.placeholder_last_layer}
+    targets = {n: t for n, t in targets.items() if not ((m := TE_RE.match(n)) and last.get(m.group(1)) == m.group(2))}
     for name, (key, _) in targets.items():
         if shapes_tuned.get(key) != shapes_org[key]:
             raise UserError(f"{args.model_tuned}: {key} is {shapes_tuned.get(key)}, expected {shapes_org[key]}")
@@ -125,8 +127,9 @@ def _main(argv) -> int:
 
 
 def _metadata(args, family: str) -> dict[str, str]:
-    version = _BASE_VERSION[family] + ("_v" if family == "sd2" and args.v_parameterization else "")
-    meta = {"ss_v2": str(family == "sd2"), "ss_base_model_version": version, "ss_network_module": "networks.lora",
+    spec = family_spec(family)
+    version = spec.base_model_version(args.v_parameterization and spec.v2)  # only SD2 gets "_v" here
+    meta = {"ss_v2": str(spec.v2), "ss_base_model_version": version, "ss_network_module": "networks.lora",
             "ss_network_dim": str(args.dim), "ss_network_alpha": str(float(args.dim))}
     if args.conv_dim is not None:
         meta["ss_network_args"] = json.dumps({"conv_dim": args.conv_dim, "conv_alpha": float(args.conv_dim)})

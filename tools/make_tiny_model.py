@@ -15,32 +15,22 @@ from pathlib import Path
 import torch
 
 from library.errors import UserError, run_cli
+from library.models.families import TINY_ARCHS, family_spec
 
-ARCHS = ("sd15", "sd2", "sdxl")
+ARCHS = tuple(TINY_ARCHS)
 
 
 def tiny_configs(arch: str) -> tuple[str, dict]:
     """``(family, configs)`` of the tiny model of ``arch`` (``"sd15"``, ``"sd2"`` or ``"sdxl"``)."""
-    from library.models.sd_unet import sd_unet_config
-    from library.models.sdxl_unet import SdxlUNetConfig
-    from library.models.text_encoders import ClipTextConfig
-    from library.models.vae import vae_config
-
     if arch not in ARCHS:
         raise UserError(f"--arch {arch!r}: expected one of {', '.join(ARCHS)}")
-    vae = vae_config(tiny=True)
-    if arch == "sdxl":
-        tes = [ClipTextConfig.tiny(), ClipTextConfig.tiny(projection_dim=32, hidden_act="gelu")]
-        return "sdxl", {"unet": SdxlUNetConfig.tiny(), "text_encoders": tes, "vae": vae}
-    if arch == "sd2":
-        te = ClipTextConfig.tiny(hidden_act="gelu")
-        return "sd2", {"unet": sd_unet_config("sd2", tiny=True), "text_encoders": [te], "vae": vae}
-    return "sd1", {"unet": sd_unet_config("sd1", tiny=True), "text_encoders": [ClipTextConfig.tiny()], "vae": vae}
+    return TINY_ARCHS[arch].name, TINY_ARCHS[arch].tiny_configs()
 
 
 def checkpoint_extras(family: str) -> dict:
     """Kept-aside tensors a single file of ``family`` carries besides the models (SDXL's CLIP ``logit_scale``)."""
-    return {"conditioner.embedders.1.model.logit_scale": torch.tensor(4.6052)} if family == "sdxl" else {}
+    return {s.checkpoint_prefix + "logit_scale": torch.tensor(4.6052)
+            for s in family_spec(family).text_encoders if s.keeps_logit_scale}
 
 
 def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
@@ -63,13 +53,12 @@ def make_tiny_checkpoint(arch: str, path: str | Path, seed: int = 0) -> Path:
         ``path`` as a ``Path``.
     """
     from library.checkpoint.io import LoadedModels, save_models
-    from library.models.sd_unet import build_sd_unet
-    from library.models.sdxl_unet import SdxlUNet
     from library.models.text_encoders import CLIPTextModel, CLIPTextModelWithProjection
     from library.models.vae import build_vae
 
     family, configs = tiny_configs(arch)
-    unet = SdxlUNet(configs["unet"]) if family == "sdxl" else build_sd_unet(configs["unet"])
+    spec = family_spec(family)
+    unet = spec.build_unet(configs["unet"])
     tes = [(CLIPTextModelWithProjection if c.projection_dim else CLIPTextModel)(c) for c in configs["text_encoders"]]
     vae = build_vae(configs["vae"])
     gen = torch.Generator().manual_seed(seed)

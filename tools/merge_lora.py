@@ -1,4 +1,4 @@
-"""Merge LoRAs into a checkpoint, or into one LoRA: ``merge_lora`` / ``sdxl_merge_lora`` (TOOLS.md §1).
+"""Merge LoRAs into a checkpoint, or into one LoRA: ``merge_lora`` / ``sdxl_merge_lora``.
 
 Into a checkpoint (``--sd_model``): tensors are streamed from the memory-mapped base one at a time,
 each targeted weight gets ``Σ ratio · alpha/r · up @ down`` in the compute dtype, and the output is
@@ -22,17 +22,19 @@ from library.lora.algebra import delta_weight, lora_scale
 from library.lora.svd import concat_merge, shuffle_ranks
 from library.io.safetensors_io import atomic_path, read_header
 from library.io.safetensors_stream import write_streaming
-from tools._common import (PRECISIONS, add_common, add_lbws, check_ratios, common_value, device_of, dtype_of,
-                           lora_metadata, parse_lbws, progress, progress_bar)
+from library.models.families import family_spec, flagged_families
+from tools._common import (PRECISIONS, add_common, add_lbws, check_ratios, common_value, describe, device_of,
+                           dtype_of, lora_metadata, parse_lbws, progress, progress_bar)
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool}
 
 
-def setup_parser() -> argparse.ArgumentParser:
-    """kohya's flags (TOOLS.md §1) plus ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="merge_lora", description=__doc__)
+def setup_parser(prog: str = "merge_lora") -> argparse.ArgumentParser:
+    """kohya's flags (TOOLS.md §1) plus ``--overwrite``; ``prog`` is ``merge_lora`` or ``sdxl_merge_lora``."""
+    p = argparse.ArgumentParser(prog=prog, description=describe(__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sd_model", default=None, help="base single-file checkpoint; without it the LoRAs are merged into one LoRA")
     p.add_argument("--save_to", required=True, help="output .safetensors (or .ckpt)")
     p.add_argument("--models", nargs="+", required=True, help="LoRA files, applied in order")
@@ -57,7 +59,8 @@ def plan_targets(loras, ratios, lbws, shapes, family) -> dict[str, list]:
     for lf, ratio, lbw in zip(loras, ratios, lbws):
         missing = [n for n in lf.modules if n not in targets]
         fam = lora_family(lf.modules, {n: tuple(m[0].shape) for n, m in lf.modules.items()}, lf.metadata)
-        other = (fam == "sdxl") != (family == "sdxl") and (fam == "sdxl" or any(n.startswith("lora_te_") for n in lf.modules))
+        sgm = family_spec(fam).sgm_unet  # an SGM-named LoRA on a diffusers-named base, or the reverse
+        other = sgm != family_spec(family).sgm_unet and (sgm or any(n.startswith("lora_te_") for n in lf.modules))
         if len(missing) == len(lf.modules) or other:
             raise UserError(f"{lf.path}: the LoRA does not fit the {family} checkpoint ({len(missing)} of "
                             f"{len(lf.modules)} modules unmatched; it looks like {fam}); use a LoRA trained for this model")
@@ -104,8 +107,9 @@ def merge_into_checkpoint(args, loras, ratios, lbws) -> int:
         whole, base_meta = load_tensors(args.sd_model)
         shapes, dtypes = {k: tuple(v.shape) for k, v in whole.items()}, {k: v.dtype for k, v in whole.items()}
     family = checkpoint_family(shapes)
-    if (args.sdxl and family != "sdxl") or (args.v2 and family != "sd2"):
-        raise UserError(f"{args.sd_model}: this checkpoint is {family}, not {'sdxl' if args.sdxl else 'sd2'}; drop --sdxl/--v2")
+    flagged = flagged_families(sdxl=args.sdxl, v2=args.v2)
+    if any(s.name != family for s in flagged):
+        raise UserError(f"{args.sd_model}: this checkpoint is {family}, not {flagged[0].name}; drop --sdxl/--v2")
     per_key = plan_targets(loras, ratios, lbws, shapes, family)
     out_dtype = {k: (save if save is not None and d.is_floating_point else d) for k, d in dtypes.items()}
     meta = dict(base_meta)
@@ -113,8 +117,7 @@ def merge_into_checkpoint(args, loras, ratios, lbws) -> int:
         Path(p).stem for p in [args.sd_model, *args.models]),
         "modelspec.date": datetime.datetime.now().replace(microsecond=0).isoformat()})
     meta.setdefault("modelspec.sai_model_spec", "1.0.1")
-    meta.setdefault("modelspec.architecture", {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
-                                               "sdxl": "stable-diffusion-xl-v1-base"}[family])
+    meta.setdefault("modelspec.architecture", family_spec(family).modelspec_architecture(False))
     meta["modelspec.implementation"] = "https://github.com/Stability-AI/generative-models"
     bar = progress_bar(len(shapes), "merging")
 
@@ -187,12 +190,17 @@ def _kohya_merge(name: str, items):
 
 
 def main(argv=None) -> int:
-    """Console entry point (``merge_lora`` and ``sdxl_merge_lora``)."""
+    """Console entry point ``merge_lora``."""
     return run_cli(_main, argv)
 
 
-def _main(argv) -> int:
-    args = setup_parser().parse_args(argv)
+def sdxl_main(argv=None) -> int:
+    """Console entry point ``sdxl_merge_lora`` (kohya's SDXL script name; same flags, SDXL detected from the keys)."""
+    return run_cli(lambda args: _main(args, "sdxl_merge_lora"), argv)
+
+
+def _main(argv, prog: str = "merge_lora") -> int:
+    args = setup_parser(prog).parse_args(argv)
     ratios = check_ratios(args.models, args.ratios)
     lbws = parse_lbws(args.lbws, args.models)
     check_output(args.save_to, args.overwrite)

@@ -1,7 +1,7 @@
 """Resize a LoRA to a lower (or dynamic) rank: ``resize_lora`` (kohya ``networks/resize_lora.py``).
 
 Each module's product ``up @ down`` is decomposed exactly from its factors (QR of both factors and
-an SVD of the r×r core, TOOLS.md §2), so no ``out × in`` matrix is formed.
+an SVD of the r×r core), so no ``out × in`` matrix is formed.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import statistics
 from library.errors import UserError, run_cli
 from library.lora.file import check_finite, check_output, is_kxk, rank_of, read_lora, write_lora
 from library.lora.svd import resize_factors, retention_stats
-from tools._common import PRECISIONS, add_common, common_value, device_of, dtype_of, lora_metadata, progress
+from tools._common import PRECISIONS, describe, add_common, common_value, device_of, dtype_of, lora_metadata, progress
 
 METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """kohya's flags (TOOLS.md §3) plus ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="resize_lora", description=__doc__)
+    p = argparse.ArgumentParser(prog="resize_lora", description=describe(__doc__))
     p.add_argument("--model", required=True, help="input LoRA (.safetensors/.ckpt/.pt)")
     p.add_argument("--save_to", required=True, help="output file (.safetensors, .ckpt, .pt, .pth)")
     p.add_argument("--new_rank", type=int, default=4, help="target rank, or the maximum rank with --dynamic_method")

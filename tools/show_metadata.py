@@ -13,13 +13,14 @@ from collections import Counter
 from library.errors import UserError, run_cli
 from library.lora.convert import checkpoint_family, lora_family
 from library.io.safetensors_io import data_section_sha256, read_header
+from tools._common import describe
 
 _PREFIXES = ("lora_unet", "lora_te1", "lora_te2", "lora_te", "unet", "text_encoder_2", "text_encoder", "bundle_emb")
 
 
 def setup_parser() -> argparse.ArgumentParser:
     """``--model`` (kohya) plus ``--top`` and ``--no_summary``."""
-    p = argparse.ArgumentParser(prog="show_metadata", description=__doc__)
+    p = argparse.ArgumentParser(prog="show_metadata", description=describe(__doc__))
     p.add_argument("--model", required=True, help="a .safetensors file")
     p.add_argument("--top", type=int, default=20, help="number of most frequent tags to list")
     p.add_argument("--no_summary", action="store_true", help="print only the metadata JSON (kohya's output)")

@@ -1,7 +1,7 @@
 """Merge LoRAs into one LoRA of a chosen rank: ``svd_merge_lora`` (kohya ``networks/svd_merge_lora.py``).
 
 For each module the inputs are stacked into one exact low-rank product ``[s₁B₁|…|s_KB_K]·[A₁;…;A_K]``
-(``s_i = ratio_i · alpha_i / r_i``), decomposed from the factors (TOOLS.md §2) and truncated to
+(``s_i = ratio_i · alpha_i / r_i``), decomposed from the factors and truncated to
 ``--new_rank``; both factors are then clamped at the 0.99 quantile (kohya's ``CLAMP_QUANTILE``).
 """
 
@@ -14,7 +14,7 @@ from library.errors import UserError, run_cli
 from library.lora.convert import lbw_weight, lora_family
 from library.lora.file import check_finite, check_output, is_kxk, read_lora, write_lora
 from library.lora.svd import svd_merge_factors
-from tools._common import (PRECISIONS, add_common, add_lbws, check_ratios, device_of, dtype_of, lora_metadata,
+from tools._common import (PRECISIONS, describe, add_common, add_lbws, check_ratios, device_of, dtype_of, lora_metadata,
                            parse_lbws, progress)
 
 CLAMP_QUANTILE = 0.99  # kohya-compat
@@ -22,7 +22,7 @@ CLAMP_QUANTILE = 0.99  # kohya-compat
 
 def setup_parser() -> argparse.ArgumentParser:
     """kohya's flags (TOOLS.md §4) plus ``--overwrite``."""
-    p = argparse.ArgumentParser(prog="svd_merge_lora", description=__doc__)
+    p = argparse.ArgumentParser(prog="svd_merge_lora", description=describe(__doc__))
     p.add_argument("--models", nargs="+", required=True, help="LoRA files to merge")
     p.add_argument("--ratios", nargs="+", type=float, required=True, help="one multiplier per model")
     p.add_argument("--new_rank", type=int, default=4, help="output rank of Linear / 1×1 modules")

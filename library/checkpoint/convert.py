@@ -16,15 +16,11 @@ import torch
 
 from library.checkpoint import keymaps
 from library.errors import UserError
+from library.models.families import TextEncoderSlot, family_spec
 
 CONFIG_METADATA_KEY = "sd_train.model_config"
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-TE_PREFIXES = {
-    "sd1": {"te0": "cond_stage_model.transformer."},
-    "sd2": {"te0": "cond_stage_model.model."},
-    "sdxl": {"te0": "conditioner.embedders.0.transformer.", "te1": "conditioner.embedders.1.model."},
-}
 # DDPM schedule buffers that LDM checkpoints carry; never used by training.
 SCHEDULE_BUFFERS = frozenset({
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
@@ -55,14 +51,15 @@ def _is_ignored(key: str) -> bool:
     return key in SCHEDULE_BUFFERS or key.startswith("model_ema.") or key.endswith("position_ids")
 
 
-def _route_te(family: str, comp: str, short: str, value: torch.Tensor, num_layers: int | None, key: str) -> Routed:
-    if family == "sd1" or comp == "te0" and family == "sdxl":
+def _route_te(slot: TextEncoderSlot, short: str, value: torch.Tensor, num_layers: int | None, key: str) -> Routed:
+    comp = slot.component
+    if not slot.openclip_keys:
         if not short.startswith("text_model.") and not short.startswith("text_projection"):
             short = "text_model." + short  # old SD1 files lack the ``text_model.`` level
         return Routed("param", comp, [(short, value)])
     if short == "logit_scale":
-        return Routed("ignore") if family == "sd2" else Routed("extra", key=key)
-    if family == "sd2" and short.startswith("text_projection"):
+        return Routed("extra", key=key) if slot.keeps_logit_scale else Routed("ignore")
+    if slot.placeholder_last_layer and short.startswith("text_projection"):
         return Routed("ignore")  # kohya-compat: SD2 drops text_projection (its model has none)
     pairs = keymaps.openclip_key_to_transformers(short, value, num_layers)
     if pairs is None:
@@ -83,9 +80,10 @@ def route_key(family: str, key: str, value: torch.Tensor, unet_layers: int = 2,
     """
     if _is_ignored(key):
         return Routed("ignore")
+    spec = family_spec(family)
     if key.startswith(UNET_PREFIX):
         short = key[len(UNET_PREFIX):]
-        if family != "sdxl":
+        if not spec.sgm_unet:
             try:
                 short = keymaps.unet_ldm_to_diffusers_key(short, unet_layers)
             except KeyError:
@@ -93,10 +91,10 @@ def route_key(family: str, key: str, value: torch.Tensor, unet_layers: int = 2,
         return Routed("param", "unet", [(short, value)])
     if key.startswith(VAE_PREFIX):
         return Routed("param", "vae", list(vae_ldm_pairs(key[len(VAE_PREFIX):], value)))
-    for comp, prefix in TE_PREFIXES[family].items():
-        if key.startswith(prefix):
-            layers = (te_layers or {}).get(comp)
-            return _route_te(family, comp, key[len(prefix):], value, layers, key)
+    for slot in spec.text_encoders:
+        if key.startswith(slot.checkpoint_prefix):
+            layers = (te_layers or {}).get(slot.component)
+            return _route_te(slot, key[len(slot.checkpoint_prefix):], value, layers, key)
     return Routed("unknown", key=key)
 
 
@@ -118,52 +116,37 @@ def to_single_file(family: str, states: Mapping[str, Mapping[str, torch.Tensor]]
     Returns:
         ``{checkpoint_key: tensor}``.
     """
-    out = {}
+    spec = family_spec(family)
     unet = states["unet"]
-    if family == "sdxl":
-        out.update({UNET_PREFIX + k: v for k, v in unet.items()})
+    if spec.sgm_unet:
+        out = {UNET_PREFIX + k: v for k, v in unet.items()}
     else:
         up_attn = {int(k.split(".")[1]) for k in unet if k.startswith("up_blocks.") and ".attentions." in k}
-        out.update({UNET_PREFIX + keymaps.unet_diffusers_to_ldm_key(k, 2, up_attn): v for k, v in unet.items()})
-    out.update(_te_single_file(family, states, te_layers or {}))
+        out = {UNET_PREFIX + keymaps.unet_diffusers_to_ldm_key(k, 2, up_attn): v for k, v in unet.items()}
+    for slot in spec.text_encoders:
+        out.update(_te_single_file(slot, states[slot.component], (te_layers or {}).get(slot.component)))
     out.update({VAE_PREFIX + k: v for k, v in keymaps.vae_diffusers_to_ldm(states["vae"]).items()})
     out.update(extras)
-    if family == "sdxl" and TE_PREFIXES["sdxl"]["te1"] + "logit_scale" not in out:
-        out[TE_PREFIXES["sdxl"]["te1"] + "logit_scale"] = torch.tensor(OPENCLIP_LOGIT_SCALE)
+    for slot in spec.text_encoders:
+        if slot.keeps_logit_scale and slot.checkpoint_prefix + "logit_scale" not in out:
+            out[slot.checkpoint_prefix + "logit_scale"] = torch.tensor(OPENCLIP_LOGIT_SCALE)
     return out
 
 
-def _te_single_file(family: str, states, te_layers: Mapping[str, int]) -> dict:
-    prefixes = TE_PREFIXES[family]
-    if family == "sd1":
-        return {prefixes["te0"] + k: v for k, v in states["te0"].items()}
-    if family == "sd2":
-        n = te_layers.get("te0") or _count_layers(states["te0"])
-        out = keymaps.transformers_to_openclip(states["te0"], prefixes["te0"], pad_layers_to=n + 1,
-                                               projection_placeholder=True)
-        out[prefixes["te0"] + "logit_scale"] = torch.tensor(1.0)  # kohya-compat: placeholder
-        return out
-    out = {prefixes["te0"] + k: v for k, v in states["te0"].items()}
-    out.update(keymaps.transformers_to_openclip(states["te1"], prefixes["te1"]))
+def _te_single_file(slot: TextEncoderSlot, state: Mapping[str, torch.Tensor], layers: int | None) -> dict:
+    prefix = slot.checkpoint_prefix
+    if not slot.openclip_keys:
+        return {prefix + k: v for k, v in state.items()}
+    if not slot.placeholder_last_layer:
+        return keymaps.transformers_to_openclip(state, prefix)
+    n = layers or _count_layers(state)
+    out = keymaps.transformers_to_openclip(state, prefix, pad_layers_to=n + 1, projection_placeholder=True)
+    out[prefix + "logit_scale"] = torch.tensor(1.0)  # kohya-compat: placeholder
     return out
 
 
 def _count_layers(te_state: Mapping[str, torch.Tensor]) -> int:
     return 1 + max(int(k.split(".")[3]) for k in te_state if k.startswith("text_model.encoder.layers."))
-
-
-def default_configs(family: str, v2_variant: str = "sd2") -> dict:
-    """Full-size configs of a family: ``{"unet", "text_encoders", "vae"}``."""
-    from library.models.sd_unet import sd_unet_config
-    from library.models.sdxl_unet import SdxlUNetConfig
-    from library.models.text_encoders import ClipTextConfig
-    from library.models.vae import vae_config
-
-    if family == "sdxl":
-        return {"unet": SdxlUNetConfig.full(), "vae": vae_config(),
-                "text_encoders": [ClipTextConfig.clip_l(), ClipTextConfig.openclip_bigg()]}
-    te = ClipTextConfig.openclip_h() if family == "sd2" else ClipTextConfig.clip_l()
-    return {"unet": sd_unet_config(v2_variant if family == "sd2" else "sd1"), "vae": vae_config(), "text_encoders": [te]}
 
 
 def configs_to_json(family: str, configs: dict) -> str:
@@ -175,12 +158,11 @@ def configs_to_json(family: str, configs: dict) -> str:
 
 def configs_from_json(text: str, where: str) -> dict:
     """Inverse of :func:`configs_to_json`; returns ``{"family", "unet", "text_encoders", "vae"}``."""
-    from library.models.sdxl_unet import SdxlUNetConfig
     from library.models.text_encoders import ClipTextConfig
 
     try:
         d = json.loads(text)
-        unet = SdxlUNetConfig.from_dict(d["unet"]) if d["family"] == "sdxl" else dict(d["unet"])
+        unet = family_spec(d["family"]).unet_config_from_dict(d["unet"])
         return {"family": d["family"], "unet": unet, "vae": dict(d["vae"]),
                 "text_encoders": [ClipTextConfig.from_dict(c) for c in d["text_encoders"]]}
     except (ValueError, KeyError, TypeError) as exc:

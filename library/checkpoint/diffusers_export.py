@@ -19,12 +19,10 @@ from pathlib import Path
 import torch
 
 from library.checkpoint import keymaps
-from library.checkpoint.diffusers_folder import sdxl_config_to_diffusers
 from library.errors import UserError
+from library.models.families import family_spec
 
 BETA_START, BETA_END = 0.00085, 0.012
-SDXL_VAE_SCALING = 0.13025
-SD_VAE_SCALING = 0.18215
 
 
 def _version(package: str) -> str:
@@ -64,7 +62,7 @@ def sdxl_unet_diffusers_state(unet) -> tuple[dict, dict]:
     """
     from diffusers import UNet2DConditionModel
 
-    kwargs = sdxl_config_to_diffusers(unet.config)
+    kwargs = unet.config.to_diffusers()
     kwargs.setdefault("sample_size", 128)
     with torch.device("meta"):
         ref = UNet2DConditionModel(**kwargs)
@@ -121,56 +119,52 @@ def write_tokenizer(folder: Path, pad_token: str) -> None:
 
 
 def scheduler_config(family: str, prediction_type: str) -> tuple[str, dict]:
-    """``(class name, scheduler_config.json dict)``: EulerDiscrete for SDXL, PNDM for SD1/SD2 epsilon, DDIM for v."""
+    """``(class name, scheduler_config.json dict)``: the family's scheduler (EulerDiscrete for SDXL), else PNDM,
+    or DDIM for v-prediction."""
     common = {"num_train_timesteps": 1000, "beta_start": BETA_START, "beta_end": BETA_END,
               "beta_schedule": "scaled_linear", "prediction_type": prediction_type, "steps_offset": 1,
               "trained_betas": None, "_diffusers_version": _version("diffusers")}
-    if family == "sdxl":
-        return "EulerDiscreteScheduler", {**common, "_class_name": "EulerDiscreteScheduler",
-                                          "interpolation_type": "linear", "timestep_spacing": "leading",
-                                          "use_karras_sigmas": False}
-    if prediction_type == "v_prediction":
-        return "DDIMScheduler", {**common, "_class_name": "DDIMScheduler", "clip_sample": False,
-                                 "set_alpha_to_one": False}
-    return "PNDMScheduler", {**common, "_class_name": "PNDMScheduler", "skip_prk_steps": True,
-                             "set_alpha_to_one": False}
+    name = family_spec(family).scheduler or ("DDIMScheduler" if prediction_type == "v_prediction" else "PNDMScheduler")
+    return name, {**common, "_class_name": name, **_SCHEDULER_EXTRAS[name]}
+
+
+_SCHEDULER_EXTRAS = {
+    "EulerDiscreteScheduler": {"interpolation_type": "linear", "timestep_spacing": "leading",
+                               "use_karras_sigmas": False},
+    "DDIMScheduler": {"clip_sample": False, "set_alpha_to_one": False},
+    "PNDMScheduler": {"skip_prk_steps": True, "set_alpha_to_one": False},
+}
 
 
 def default_prediction_type(models) -> str:
     """``"v_prediction"`` for the 768-px SD2 UNet (``sample_size`` 96), else ``"epsilon"``."""
-    unet_cfg = models.configs["unet"]
-    if models.family == "sd2" and isinstance(unet_cfg, dict) and unet_cfg.get("sample_size") == 96:
-        return "v_prediction"
-    return "epsilon"
+    return family_spec(models.family).default_prediction_type(models.configs["unet"])
 
 
 def _model_index(family: str, scheduler: str) -> dict:
+    spec = family_spec(family)
     index = {"_diffusers_version": _version("diffusers"), "unet": ["diffusers", "UNet2DConditionModel"],
              "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", scheduler],
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
-    if family == "sdxl":
-        index.update(_class_name="StableDiffusionXLPipeline", force_zeros_for_empty_prompt=True,
-                     text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
-                     tokenizer_2=["transformers", "CLIPTokenizer"], image_encoder=[None, None],
-                     feature_extractor=[None, None])
-    else:
-        index.update(_class_name="StableDiffusionPipeline", safety_checker=[None, None],
-                     feature_extractor=[None, None], image_encoder=[None, None], requires_safety_checker=False)
+             "_class_name": spec.pipeline, **spec.pipeline_index}
+    for i, _ in enumerate(spec.text_encoders):
+        suffix = f"_{i + 1}" if i else ""
+        index[f"text_encoder{suffix}"] = ["transformers", "CLIPTextModelWithProjection" if i else "CLIPTextModel"]
+        index[f"tokenizer{suffix}"] = ["transformers", "CLIPTokenizer"]
     return index
 
 
 def _write_components(models, root: Path, variant: str | None, dtype, prediction_type: str) -> None:
-    family = models.family
-    if family == "sdxl":
+    family, spec = models.family, family_spec(models.family)
+    if spec.sgm_unet:
         unet_cfg, unet_state = sdxl_unet_diffusers_state(models.unet)
     else:
         unet_cfg, unet_state = _diffusers_config(models.unet, "UNet2DConditionModel"), models.unet.state_dict()
     _write_json(root / "unet" / "config.json", unet_cfg)
     _save_tensors(unet_state, root / "unet" / _weights_name("diffusion_pytorch_model", variant), dtype)
-    scaling = SDXL_VAE_SCALING if family == "sdxl" else SD_VAE_SCALING
-    _write_json(root / "vae" / "config.json", _diffusers_config(models.vae, "AutoencoderKL", scaling_factor=scaling))
+    _write_json(root / "vae" / "config.json",
+                _diffusers_config(models.vae, "AutoencoderKL", scaling_factor=spec.vae_scale))
     _save_tensors(models.vae.state_dict(), root / "vae" / _weights_name("diffusion_pytorch_model", variant), dtype)
-    pads = ["<|endoftext|>", "!"] if family == "sdxl" else (["!"] if family == "sd2" else ["<|endoftext|>"])
+    pads = [slot.pad_token for slot in spec.text_encoders]
     for i, (te, pad) in enumerate(zip(models.text_encoders, pads)):
         suffix = f"_{i + 1}" if i else ""
         pad_id = 0 if pad == "!" else 49407

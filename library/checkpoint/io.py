@@ -10,104 +10,40 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
 from library.checkpoint import convert as cc
-from library.checkpoint.convert import configs_from_json, configs_to_json, default_configs
+from library.checkpoint.assemble import LoadedModels, assign_state, build_models, te_layers
+from library.checkpoint.convert import configs_from_json, configs_to_json
+from library.checkpoint.diffusers_folder import folder_family, load_diffusers_folder
 from library.errors import UserError
+from library.models.detect import family_of_checkpoint
+from library.models.families import check_fits, default_configs
 from library.io.safetensors_io import atomic_path, mapped_tensors, read_header, read_tensors, stored_dtypes
 
 logger = logging.getLogger(__name__)
 CONFIG_METADATA_KEY = cc.CONFIG_METADATA_KEY
 
 
-@dataclass
-class LoadedModels:
-    """The models of one checkpoint.
-
-    Attributes:
-        family: ``"sd1"``, ``"sd2"`` or ``"sdxl"``.
-        unet: ``diffusers.UNet2DConditionModel`` (SD1/SD2) or ``SdxlUNet`` (SDXL).
-        text_encoders: ``[CLIPTextModel]`` (SD1/SD2) or ``[CLIPTextModel, CLIPTextModelWithProjection]``.
-        vae: ``diffusers.AutoencoderKL``.
-        configs: ``{"unet": dict | SdxlUNetConfig, "text_encoders": [ClipTextConfig, …], "vae": dict}``.
-        extras: Kept-aside tensors by checkpoint key (SDXL ``logit_scale``), written back on save.
-        path: The file or folder loaded from.
-    """
-
-    family: str
-    unet: torch.nn.Module
-    text_encoders: list
-    vae: torch.nn.Module
-    configs: dict
-    extras: dict = field(default_factory=dict)
-    path: Path | None = None
-
-
 def detect_family(keys: Iterable[str]) -> str:
-    """Return ``"sdxl"``, ``"sd2"`` or ``"sd1"`` from single-file checkpoint keys.
+    """Return ``"sdxl"``, ``"sd2"`` or ``"sd1"`` from single-file checkpoint keys
+    (:func:`library.models.detect.family_of_checkpoint`).
 
     Raises:
         UserError: no known text-encoder prefix (not an SD checkpoint).
     """
-    keys = list(keys)
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd1"
-    raise UserError("checkpoint has no SD1/SD2/SDXL text-encoder keys (cond_stage_model.* / conditioner.embedders.*);"
-                    " is this a LoRA or a VAE? pass a full Stable Diffusion checkpoint")
+    return family_of_checkpoint(keys)
 
 
 def detect_path_family(path: str | os.PathLike) -> str:
     """Family of a checkpoint file or diffusers folder, read from its keys/configs without building models."""
     p = Path(path)
     if p.is_dir():
-        from library.checkpoint.diffusers_folder import folder_family
-
         return folder_family(p)
     return detect_family(open_tensors(p)[0])
-
-
-def check_family(family: str, expected_family: str | None, v2: bool, where: str) -> None:
-    """Raise a UserError naming the right script when ``family`` does not fit the entry point
-    (``expected_family``: ``None`` = no check, ``"sdxl"``, or ``"sd"``/``"sd1"``/``"sd2"`` with ``v2``)."""
-    if expected_family is None:
-        return
-    if expected_family == "sdxl" and family != "sdxl":
-        raise UserError(f"{where}: this checkpoint is SD1.x/SD2.x; use train_network.py")
-    if expected_family != "sdxl" and family == "sdxl":
-        raise UserError(f"{where}: this checkpoint is SDXL; use sdxl_train_network.py")
-    if family == "sd2" and not v2:
-        raise UserError(f"{where}: this checkpoint is SD2.x; add --v2")
-    if family == "sd1" and v2:
-        raise UserError(f"{where}: this checkpoint is SD1.x; remove --v2")
-
-
-def build_models(family: str, configs: dict) -> dict[str, torch.nn.Module]:
-    """Build ``{"unet", "te0"[, "te1"], "vae"}`` on the ``meta`` device (no memory for weights)."""
-    from library.models.sd_unet import build_sd_unet
-    from library.models.sdxl_unet import SdxlUNet
-    from library.models.text_encoders import CLIPTextModel, CLIPTextModelWithProjection
-    from library.models.vae import build_vae
-
-    with torch.device("meta"):
-        mods = {"unet": SdxlUNet(configs["unet"]) if family == "sdxl" else build_sd_unet(configs["unet"]),
-                "vae": build_vae(configs["vae"])}
-        for i, cfg in enumerate(configs["text_encoders"]):
-            cls = CLIPTextModelWithProjection if cfg.projection_dim else CLIPTextModel
-            mods[f"te{i}"] = cls(cfg)
-    return mods
-
-
-def _te_layers(family: str, configs: dict) -> dict[str, int]:
-    return {f"te{i}": c.num_hidden_layers for i, c in enumerate(configs["text_encoders"])}
 
 
 def _iter_ckpt(path: Path) -> tuple[list[str], Iterator]:
@@ -170,7 +106,7 @@ def collect_states(family: str, items: Iterator, configs: dict, dtype, device, w
     extras, unknown = {}, []
     lpb = configs["unet"]["layers_per_block"] if isinstance(configs["unet"], dict) else configs["unet"].num_res_blocks
     for key, value in items:
-        r = cc.route_key(family, key, value, lpb, _te_layers(family, configs))
+        r = cc.route_key(family, key, value, lpb, te_layers(configs))
         if r.kind == "param":
             to = unet_dtype if unet_dtype is not None and r.component == "unet" else dtype
             states[r.component].update((k, _cast(v, to, device, copy)) for k, v in r.pairs)
@@ -181,19 +117,7 @@ def collect_states(family: str, items: Iterator, configs: dict, dtype, device, w
     return states, extras, unknown
 
 
-def assign_state(module: torch.nn.Module, state: dict, name: str, where: str) -> None:
-    """``load_state_dict(assign=True)`` with one-line errors listing up to 5 missing/unexpected keys."""
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        parts = [f"{len(missing)} missing ({', '.join(missing[:5])})" if missing else "",
-                 f"{len(unexpected)} unexpected ({', '.join(unexpected[:5])})" if unexpected else ""]
-        raise UserError(f"{where}: {name} weights do not fit the model: {'; '.join(p for p in parts if p)}; "
-                        "is this the right model family / a complete checkpoint?")
-    module.load_state_dict(state, strict=True, assign=True)
-
-
-def _finish(family: str, mods: dict, states: dict, unknown: list, where: str) -> None:
+def _finish(mods: dict, states: dict, unknown: list, where: str) -> None:
     if unknown:
         logger.warning("%s: ignored %d unknown keys (%s)", where, len(unknown), ", ".join(unknown[:5]))
     for name in mods:
@@ -224,14 +148,12 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
     """
     p = Path(path)
     if p.is_dir():
-        from library.checkpoint.diffusers_folder import load_diffusers_folder
-
         models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
         torch.nn.Module.to(models.unet, unet_dtype or dtype)  # diffusers' to() warns needlessly
     else:
         keys, metadata, items, shared = _open(p, mmap, {dtype, unet_dtype or dtype})
         family = detect_family(keys)
-        check_family(family, expected_family, v2, str(p))
+        check_fits(family, expected_family, v2, str(p))
         configs = (configs_from_json(metadata[CONFIG_METADATA_KEY], str(p)) if CONFIG_METADATA_KEY in metadata
                    else {"family": family, **default_configs(family)})
         configs.pop("family")
@@ -242,7 +164,7 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
             raise UserError(f"{p}: {len(unet_unknown)} unexpected UNet keys ({', '.join(unet_unknown[:5])})")
         if vae_path is not None:
             states["vae"] = load_vae_state(vae_path, configs["vae"], dtype, device)
-        _finish(family, mods, states, unknown, str(p))
+        _finish(mods, states, unknown, str(p))
         tes = [mods[f"te{i}"] for i in range(len(configs["text_encoders"]))]
         models = LoadedModels(family, mods["unet"], tes, mods["vae"], configs, extras, p)
     if vae_path is not None and p.is_dir():
@@ -276,15 +198,21 @@ def load_vae_state(path: str | os.PathLike, config: dict, dtype, device) -> dict
     return out
 
 
+def single_file_state(models: LoadedModels, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``models`` in the single-file key layout (FORMAT.md §10), contiguous on the CPU; float tensors cast to
+    ``dtype`` unless it is ``None``."""
+    states = {"unet": models.unet.state_dict(), "vae": models.vae.state_dict()}
+    states.update({f"te{i}": te.state_dict() for i, te in enumerate(models.text_encoders)})
+    sd = cc.to_single_file(models.family, states, models.extras, te_layers(models.configs))
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in sd.items()}
+
+
 def save_models(models: LoadedModels, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
     """Write ``models`` (from :func:`load_models`) atomically as ``.safetensors`` (configs in the
     ``sd_train.model_config`` metadata) or ``.ckpt`` (``{"state_dict": …}``); float tensors cast to
     ``dtype`` unless it is ``None``."""
-    states = {"unet": models.unet.state_dict(), "vae": models.vae.state_dict()}
-    states.update({f"te{i}": te.state_dict() for i, te in enumerate(models.text_encoders)})
-    sd = cc.to_single_file(models.family, states, models.extras, _te_layers(models.family, models.configs))
-    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-          for k, v in sd.items()}
+    sd = single_file_state(models, dtype)
     with atomic_path(path) as tmp:
         if Path(path).suffix.lower() == ".safetensors":
             from safetensors.torch import save_file

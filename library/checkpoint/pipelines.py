@@ -28,9 +28,10 @@ def build_diffusers_pipeline(models, tmp_dir: str | os.PathLike, *, dtype: torch
         checker), on the CPU. Render with ``pipe(prompt, num_inference_steps=4, height=64, width=64,
         generator=torch.Generator().manual_seed(0))``.
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
     from library.checkpoint.diffusers_export import save_diffusers_folder
+    from library.models.families import family_spec
 
     folder = Path(tmp_dir) / f"diffusers_{models.family}"
     if not (folder / "model_index.json").is_file():
@@ -38,7 +39,5 @@ def build_diffusers_pipeline(models, tmp_dir: str | os.PathLike, *, dtype: torch
     kwargs = {"local_files_only": True}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
-    if models.family == "sdxl":
-        return StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
-    return StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, feature_extractor=None,
-                                                   requires_safety_checker=False, **kwargs)
+    spec = family_spec(models.family)
+    return getattr(diffusers, spec.pipeline).from_pretrained(str(folder), **spec.pipeline_kwargs, **kwargs)

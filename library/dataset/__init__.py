@@ -3,10 +3,18 @@
 Typical use by the trainer::
 
     plan = build_plan(CliDefaults(dataset_config="data.toml"))
-    data = prepare(plan, seed=42, bucket_step_multiple=32, is_sdxl=True)
+    data = prepare(plan, seed=42, bucket_step_multiple=32)
     print(data.format_report())
     train = BucketBatchDataset(data.train, dataset_seed=123)
     cache_latents(train, vae_sample_fn, batch_size=4, to_disk=True, family_tag="sdxl")
+
+What lives here: the dataset TOML and folder conventions (``config``, ``specs``, ``plan``), scanning and
+captions (``scan``, ``captions``), buckets and splits (``buckets``, ``split``), the pre-pass and its
+report (``prepare``, ``checks``, ``report``, ``records``), images and the torch dataset (``images``,
+``dataset``) and the latent / text-encoder-output caches (``latent_cache``). Nothing here knows a model
+family: what differs (bucket step, cache file tag) comes in as arguments.
+
+May import: ``library.errors``.
 """
 
 from library.dataset.config import CliDefaults

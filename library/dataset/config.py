@@ -11,13 +11,15 @@ import difflib
 import os
 from dataclasses import dataclass
 
+from library.dataset.captions import CAPTION_RULES, add_caption_fields
 from library.dataset.specs import DatasetSpec, SubsetSpec
 
 
-
 @dataclass
+@add_caption_fields(after="cache_info")
 class CliDefaults:
-    """Command-line fallback values, named exactly like the kohya flags (CLI.md §5.2)."""
+    """Command-line fallback values, named exactly like the kohya flags (CLI.md §5.2); the caption rules'
+    fields are generated from ``library.dataset.captions.CAPTION_RULES``."""
 
     train_data_dir: str | None = None
     reg_data_dir: str | None = None
@@ -34,19 +36,6 @@ class CliDefaults:
     caption_extension: str = ".caption"
     caption_extention: str | None = None
     cache_info: bool = False
-    shuffle_caption: bool = False
-    caption_separator: str = ","
-    keep_tokens: int = 0
-    keep_tokens_separator: str = ""
-    secondary_separator: str | None = None
-    enable_wildcard: bool = False
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    caption_dropout_rate: float = 0.0
-    caption_dropout_every_n_epochs: int = 0
-    caption_tag_dropout_rate: float = 0.0
-    token_warmup_min: int = 1
-    token_warmup_step: float = 0
     color_aug: bool = False
     flip_aug: bool = False
     face_crop_aug_range: str | None = None
@@ -61,7 +50,8 @@ class CliDefaults:
     max_train_steps: int = 1600
 
 
-# key -> (type name, levels among "GDS", kinds among "DB"/"FT"/"CN" or "all", built-in default)
+# key -> (type name, levels among "GDS", kinds among "DB"/"FT"/"CN" or "all", built-in default);
+# the caption rules come from CAPTION_RULES (every kind)
 SCHEMA: dict[str, tuple[str, str, str, object]] = {
     "batch_size": ("int", "GD", "all", 1),
     "resolution": ("reso", "GD", "all", None),
@@ -75,23 +65,11 @@ SCHEMA: dict[str, tuple[str, str, str, object]] = {
     "validation_seed": ("int", "GD", "all", None),
     "resize_interpolation": ("str", "GDS", "all", None),
     "num_repeats": ("int", "GDS", "all", 1),
-    "shuffle_caption": ("bool", "GDS", "all", False),
-    "caption_separator": ("str", "GDS", "all", ","),
-    "keep_tokens": ("int", "GDS", "all", 0),
-    "keep_tokens_separator": ("str", "GDS", "all", ""),
-    "secondary_separator": ("str", "GDS", "all", None),
-    "enable_wildcard": ("bool", "GDS", "all", False),
-    "caption_prefix": ("str", "GDS", "all", None),
-    "caption_suffix": ("str", "GDS", "all", None),
+    **{rule.name: (rule.toml_type, rule.levels, "all", rule.default) for rule in CAPTION_RULES},
     "color_aug": ("bool", "GDS", "all", False),
     "flip_aug": ("bool", "GDS", "all", False),
     "random_crop": ("bool", "GDS", "all", False),
     "face_crop_aug_range": ("pair", "GDS", "all", None),
-    "token_warmup_min": ("int", "GDS", "all", 1),
-    "token_warmup_step": ("num", "GDS", "all", 0),
-    "caption_dropout_rate": ("num", "GDS", "all", 0.0),
-    "caption_dropout_every_n_epochs": ("int", "GDS", "all", 0),
-    "caption_tag_dropout_rate": ("num", "GDS", "all", 0.0),
     "custom_attributes": ("table", "GDS", "all", None),
     "caption_extension": ("str", "GDS", "DB CN", ".caption"),
     "cache_info": ("bool", "GDS", "DB CN", False),
@@ -147,7 +125,11 @@ def _hint(key: str) -> str:
 def _check_table(table: dict, level: str, path: str, masked_loss: bool, errors: list[str]):
     for key, value in table.items():
         spec = SCHEMA.get(key)
-        if spec is None or (key == "conditioning_data_dir" and not masked_loss):
+        if key == "conditioning_data_dir" and not masked_loss:  # kohya-compat: a key only with --masked_loss
+            errors.append(f"{path}: conditioning_data_dir (mask images) needs masked_loss = true in the training "
+                          "options; kohya rejects the key without it")
+            continue
+        if spec is None:
             errors.append(f"{path}: unknown key '{key}'.{_hint(key)}")
             continue
         kind, levels = spec[0], spec[1]
@@ -175,13 +157,18 @@ def subset_kind(sub: dict) -> str:
     return "DB"
 
 
-def _check_subset(sub: dict, path: str, errors: list[str]) -> str:
-    kind = subset_kind(sub)
-    for key in sub:
+def _check_kind(table: dict, kind: str, path: str, what: str, errors: list[str]) -> None:
+    """kohya's per-kind schemas: e.g. no caption_extension in a fine-tuning subset or dataset."""
+    for key in table:
         kinds = SCHEMA.get(key, ("", "", "all"))[2]
         if kinds != "all" and kind not in kinds.split():
-            errors.append(f"{path}: key '{key}' is not allowed in a {kind} subset "
+            errors.append(f"{path}: key '{key}' is not allowed in a {kind} {what} "
                           f"(only {kinds.replace(' ', '/')})")
+
+
+def _check_subset(sub: dict, path: str, errors: list[str]) -> str:
+    kind = subset_kind(sub)
+    _check_kind(sub, kind, path, "subset", errors)
     if kind in ("DB", "CN") and not sub.get("image_dir"):
         errors.append(f"{path}: image_dir is required for a DreamBooth subset "
                       "(or give metadata_file for fine-tuning)")
@@ -233,6 +220,11 @@ def validate_config(data: dict, masked_loss: bool = False) -> list[str]:
         if "FT" in kinds and len(kinds) > 1:
             errors.append(f"{path}: DreamBooth subset and fine tuning subset cannot be mixed in "
                           "the same dataset")
+        elif kinds == {"CN", "DB"}:  # kohya-compat: read as DreamBooth, whose subsets reject conditioning_data_dir
+            errors.append(f"{path}: subsets with and without conditioning_data_dir cannot be mixed in one dataset; "
+                          "split them into two [[datasets]]")
+        elif len(kinds) == 1:  # kohya-compat: the dataset table follows its subsets' kind
+            _check_kind({k: v for k, v in ds.items() if k != "subsets"}, kinds.pop(), path, "dataset", errors)
     return errors
 
 
@@ -254,7 +246,7 @@ def cli_values(defaults: CliDefaults) -> dict:
     for key in SCHEMA:
         name = CLI_NAMES.get(key, key)
         values[key] = getattr(defaults, name, None)
-    if defaults.caption_extention:  # kohya-compat: the old misspelled flag wins when set
+    if defaults.caption_extention is not None:  # kohya-compat: the old misspelled flag wins when given
         values["caption_extension"] = defaults.caption_extention
     if isinstance(values["face_crop_aug_range"], str):
         values["face_crop_aug_range"] = [float(x) for x in values["face_crop_aug_range"].split(",")]

@@ -17,7 +17,7 @@ import torch
 from library.dataset import images as im
 from library.dataset.buckets import crop_ltrb, crop_top_left
 from library.dataset.captions import process_caption
-from library.errors import UserError
+from library.dataset.latent_cache import load_record_latents
 
 
 class BucketBatchDataset(torch.utils.data.Dataset):
@@ -29,6 +29,8 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         load_images: False skips image decoding (captions/sizes only), e.g. for debugging.
         latent_scale: when set, cached latents are multiplied by it (None: raw latents).
         max_train_steps: for fractional ``token_warmup_step``.
+        caption_rewrite: textual-inversion placeholders / templates
+            (:class:`library.dataset.captions.CaptionRewrite`), applied to every caption first.
 
     Use with ``DataLoader(ds, batch_size=None, ...)`` or ``collate_fn=collate_first``.
     ``set_epoch`` / ``set_current_step`` write to a shared-memory tensor, so persistent workers
@@ -36,12 +38,13 @@ class BucketBatchDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, prepared_datasets, *, dataset_seed: int, load_images: bool = True,
-                 latent_scale: float | None = None, max_train_steps: int | None = None):
+                 latent_scale: float | None = None, max_train_steps: int | None = None, caption_rewrite=None):
         self.datasets = list(prepared_datasets)
         self.dataset_seed = int(dataset_seed)
         self.load_images = load_images
         self.latent_scale = latent_scale
         self.max_train_steps = max_train_steps
+        self.caption_rewrite = caption_rewrite
         self.latents_cached = False
         self.te_cached = False
         self._state = torch.tensor([1, 0], dtype=torch.long).share_memory_()
@@ -104,7 +107,7 @@ class BucketBatchDataset(torch.utils.data.Dataset):
         flipped = sub.flip_aug and rng.random() < 0.5
         item = {"rec": rec, "flipped": flipped, "image": None, "latents": None, "mask": None}
         if self.latents_cached:
-            self._fill_latents(item, rec, flipped, sub.alpha_mask)
+            self._fill_latents(item, ds, rec, sub, flipped)
         elif self.load_images:
             self._fill_image(item, ds, rec, sub, rng, flipped)
         else:
@@ -116,25 +119,30 @@ class BucketBatchDataset(torch.utils.data.Dataset):
             max_steps = self.max_train_steps or ds.max_train_steps
             item["caption"] = process_caption(rec.caption, stats.caption_options, rng,
                                               current_epoch=epoch, current_step=step,
-                                              max_train_steps=max_steps)
+                                              max_train_steps=max_steps, rewrite=self.caption_rewrite)
         return item
 
-    def _fill_latents(self, item: dict, rec, flipped: bool, want_alpha: bool) -> None:
-        from library.dataset.latent_cache import load_record_latents
-
+    def _fill_latents(self, item: dict, ds, rec, sub, flipped: bool) -> None:
         latents, latents_flipped, alpha, original, ltrb = load_record_latents(rec)
         if latents_flipped is None:  # cached without flipped latents: no flip
             flipped = item["flipped"] = False
         item["latents"] = latents_flipped if flipped else latents
-        if want_alpha and alpha is not None:
-            item["mask"] = torch.flip(alpha, dims=[1]) if flipped else alpha
+        # kohya-compat: conditioning-image masks are read at every fetch, whatever the latent cache
+        mask = self._conditioning_mask(ds, rec, sub) if rec.cond_path else alpha if sub.alpha_mask else None
+        if mask is not None:
+            item["mask"] = torch.flip(mask, dims=[1]) if flipped else mask
         item["original"], item["ltrb"] = original, ltrb
 
+    @staticmethod
+    def _conditioning_mask(ds, rec, sub) -> torch.Tensor:
+        """``(H, W)`` mask in [0, 1] from the red channel of the record's conditioning image (same geometry)."""
+        cond, _, _ = im.load_sample_array(ds.spec, rec, sub, None, path=rec.cond_path, resize_to_fit=True)
+        return torch.from_numpy(np.ascontiguousarray(cond[..., 0])).float() / 255
+
     def _fill_image(self, item: dict, ds, rec, sub, rng: random.Random, flipped: bool) -> None:
-        arr, original, ltrb = load_sample_array(ds.spec, rec, sub, rng)
+        arr, original, ltrb = im.load_sample_array(ds.spec, rec, sub, rng)
         if rec.cond_path:
-            cond, _, _ = load_sample_array(ds.spec, rec, sub, None, path=rec.cond_path)
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(cond[..., 0])).float() / 255
+            item["mask"] = self._conditioning_mask(ds, rec, sub)
         elif sub.alpha_mask:
             item["mask"] = im.alpha_of(arr)
         if flipped:
@@ -178,40 +186,6 @@ class BucketBatchDataset(torch.utils.data.Dataset):
             outs = [it["rec"].te_outputs for it in items]
             out["text_encoder_outputs"] = tuple(torch.stack([o[j] for o in outs]) for j in range(3))
         return out
-
-
-def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | None = None):
-    """Decode, resize and trim one image to its bucket.
-
-    Args:
-        spec: the dataset spec (bucketing on/off, resolution, interpolation).
-        rec: the image record.
-        sub: its subset spec (alpha, random_crop, face crop).
-        rng: the sample generator for random crops (None: centred trim).
-        path: decode this file instead (conditioning image), same geometry.
-
-    Returns:
-        ``(array (H, W, C) uint8, original size (w, h), letterbox ltrb or None)``.
-    """
-    arr = im.load_image(path or rec.path, keep_alpha=sub.alpha_mask and path is None)
-    interp = sub.resize_interpolation or spec.resize_interpolation
-    if spec.enable_bucket:
-        arr = im.resize(arr, rec.resized, interp)
-        arr, _ = im.trim(arr, rec.bucket, rng if sub.random_crop else None)
-        return arr, rec.size, crop_ltrb(rec.bucket, rec.size)
-    width, height = spec.resolution
-    if rec.face and sub.face_crop_aug_range and rng is not None:
-        arr = im.face_crop(arr, rec.face, (width, height), sub.face_crop_aug_range, rng,
-                           sub.random_crop)
-    elif arr.shape[0] > height or arr.shape[1] > width:
-        if not sub.random_crop or rng is None:
-            raise UserError(f"{rec.path}: image too large, but cropping and bucketing are "
-                            "disabled; enable_bucket or random_crop, or resize the image")
-        arr, _ = im.trim(arr, (width, height), rng)
-    if arr.shape[:2] != (height, width):
-        raise UserError(f"{rec.path}: image is {arr.shape[1]}x{arr.shape[0]}, smaller than "
-                        f"resolution {width}x{height}; enable_bucket or resize it")
-    return arr, (arr.shape[1], arr.shape[0]), None
 
 
 def collate_first(batch: list[dict]) -> dict:

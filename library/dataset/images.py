@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from library.dataset.buckets import crop_ltrb
 from library.errors import UserError
 
 PIL_FILTERS = {
@@ -139,3 +140,40 @@ def alpha_of(arr: np.ndarray) -> torch.Tensor:
     if arr.shape[2] < 4:
         return torch.ones(arr.shape[:2])
     return torch.from_numpy(np.ascontiguousarray(arr[..., 3])).float() / 255.0
+
+
+def load_sample_array(spec, rec, sub, rng: random.Random | None, path: str | None = None,
+                      resize_to_fit: bool = False):
+    """Decode, resize and trim one image to its bucket.
+
+    Args:
+        spec: the dataset spec (bucketing on/off, resolution, interpolation).
+        rec: the image record.
+        sub: its subset spec (alpha, random_crop, face crop).
+        rng: the sample generator for random crops (None: centred trim).
+        path: decode this file instead (conditioning image), same geometry.
+        resize_to_fit: without bucketing, resize to cover the resolution and trim the centre, as for
+            bucketed data (kohya does so when it caches latents); otherwise such images must already fit.
+
+    Returns:
+        ``(array (H, W, C) uint8, original size (w, h), letterbox ltrb or None)``.
+    """
+    arr = load_image(path or rec.path, keep_alpha=sub.alpha_mask and path is None)
+    interp = sub.resize_interpolation or spec.resize_interpolation
+    if spec.enable_bucket or resize_to_fit:
+        arr = resize(arr, rec.resized, interp)
+        arr, _ = trim(arr, rec.bucket, rng if sub.random_crop else None)
+        return arr, rec.size, crop_ltrb(rec.bucket, rec.size)
+    width, height = spec.resolution
+    if rec.face and sub.face_crop_aug_range and rng is not None:
+        arr = face_crop(arr, rec.face, (width, height), sub.face_crop_aug_range, rng,
+                           sub.random_crop)
+    elif arr.shape[0] > height or arr.shape[1] > width:
+        if not sub.random_crop or rng is None:
+            raise UserError(f"{rec.path}: image too large, but cropping and bucketing are "
+                            "disabled; enable_bucket or random_crop, or resize the image")
+        arr, _ = trim(arr, (width, height), rng)
+    if arr.shape[:2] != (height, width):
+        raise UserError(f"{rec.path}: image is {arr.shape[1]}x{arr.shape[0]}, smaller than "
+                        f"resolution {width}x{height}; enable_bucket or resize it")
+    return arr, (arr.shape[1], arr.shape[0]), None

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from library.dataset.buckets import crop_ltrb
-from library.dataset.dataset import load_sample_array
-from library.dataset.images import alpha_of, to_tensor
+from library.dataset.images import alpha_of, load_sample_array, to_tensor
 from library.errors import UserError
 
 
@@ -124,7 +123,8 @@ def _encode_checked(encode_fn, images: torch.Tensor, recs) -> torch.Tensor:
 
 
 def _encode_batch(ds, recs, encode_fn, flip: bool):
-    arrays = [load_sample_array(ds.spec, r, ds.subsets[r.subset].spec, None)[0] for r in recs]
+    # kohya-compat: caching resizes to cover the bucket and trims, with or without bucketing
+    arrays = [load_sample_array(ds.spec, r, ds.subsets[r.subset].spec, None, resize_to_fit=True)[0] for r in recs]
     images = torch.stack([to_tensor(a) for a in arrays])
     latents = _encode_checked(encode_fn, images, recs)
     flipped = _encode_checked(encode_fn, images.flip(-1), recs) if flip else [None] * len(recs)
@@ -157,7 +157,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def cache_latents(dataset, encode_fn, *, batch_size: int, to_disk: bool, skip_check: bool = False,
-                  family_tag: str = "sdxl", flip_aug_aware: bool = True,
+                  family_tag: str | None = None, flip_aug_aware: bool = True,
                   vae_fingerprint: str = "", progress: bool = True) -> int:
     """Encode every image of ``dataset`` once; afterwards ``__getitem__`` returns latents.
 
@@ -168,7 +168,8 @@ def cache_latents(dataset, encode_fn, *, batch_size: int, to_disk: bool, skip_ch
         batch_size: images per ``encode_fn`` call (``--vae_batch_size``), one bucket per call.
         to_disk: write/reuse ``.npz`` files next to the images.
         skip_check: trust existing files (existence only).
-        family_tag: ``"sd"`` or ``"sdxl"`` (file name).
+        family_tag: the family's cache tag in the file name (``FamilySpec.latent_cache_tag``: ``sd``, ``sdxl``);
+            needed with ``to_disk``.
         flip_aug_aware: also encode flipped images for ``flip_aug`` subsets.
         vae_fingerprint: identifies the VAE (e.g. its hash) so a new VAE re-encodes.
         progress: show a tqdm bar.
@@ -177,6 +178,8 @@ def cache_latents(dataset, encode_fn, *, batch_size: int, to_disk: bool, skip_ch
         The number of images encoded (0 when every disk cache was reused).
     """
     _check_cacheable(dataset)
+    if to_disk and not family_tag:
+        raise ValueError("cache_latents(to_disk=True) needs the family's family_tag for the file names")
     todo = []
     for ds in dataset.datasets:
         for rec in ds.records:
@@ -217,17 +220,24 @@ def cache_latents(dataset, encode_fn, *, batch_size: int, to_disk: bool, skip_ch
     return len(todo)
 
 
-def _check_frozen_captions(dataset) -> None:
-    names = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-             "caption_tag_dropout_rate", "token_warmup_step", "enable_wildcard")
+def caption_randomness(dataset) -> list[tuple[str, list[str]]]:
+    """``(image_dir, [caption options that vary the caption between fetches])`` of each subset that has any."""
+    found = []
     for ds in dataset.datasets:
         for st in ds.subsets:
-            used = [n for n in names if getattr(st.caption_options, n)]
+            used = st.caption_options.random_settings()
             if used:
-                where = st.spec.image_dir or st.spec.metadata_file
-                raise UserError(f"{where}: --cache_text_encoder_outputs would freeze the caption "
-                                f"randomness of {', '.join(used)}; turn those off or do not "
-                                "cache text-encoder outputs")
+                found.append((st.spec.image_dir or st.spec.metadata_file, used))
+    return found
+
+
+def _check_frozen_captions(dataset) -> None:
+    randomness = caption_randomness(dataset)
+    if randomness:
+        where, used = randomness[0]
+        raise UserError(f"{where}: --cache_text_encoder_outputs would freeze the caption "
+                        f"randomness of {', '.join(used)}; turn those off or do not "
+                        "cache text-encoder outputs")
 
 
 def _caption_key(caption: str, variant: str = "") -> np.ndarray:

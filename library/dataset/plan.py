@@ -7,6 +7,7 @@ import os
 
 from library.dataset.config import CliDefaults, resolve, validate_config
 from library.dataset.specs import DatasetPlan
+from library.dataset import scan
 from library.errors import UserError
 
 try:
@@ -85,14 +86,27 @@ def _folder_subsets(parent: str, is_reg: bool, warnings: list[str]) -> list[dict
     return subsets
 
 
+def _no_subsets(parent: str, warnings: list[str]) -> str:
+    """The error for a ``--train_data_dir`` without usable ``N_name`` subfolders, naming what was skipped."""
+    skipped = [w.partition(": ")[0] for w in warnings if w.endswith("folder name is not N_name; skipped")]
+    if skipped:
+        name, names = os.path.basename(skipped[0]), ", ".join(repr(os.path.basename(p)) for p in skipped)
+        return (f"--train_data_dir {parent}: no `N_name` subfolders; {names} "
+                f"{'has' if len(skipped) == 1 else 'have'} no repeat count: rename e.g. '{name}' to '10_{name}' "
+                "(10 repeats per epoch)")
+    has_images = any(n.lower().endswith(scan.image_extensions()) for n in os.listdir(parent))
+    hint = "did you mean its parent? (images go in e.g. train/10_sks dog/)" if has_images else \
+        "images go in subfolders named like '10_sks dog' (10 repeats, class tokens 'sks dog')"
+    return f"--train_data_dir {parent}: no `N_name` subfolders found; {hint}"
+
+
 def plan_from_folders(defaults: CliDefaults) -> DatasetPlan:
     """The ``--train_data_dir`` / ``--reg_data_dir`` folder convention: one DB dataset."""
     warnings: list[str] = []
     parent = defaults.train_data_dir
     subsets = _folder_subsets(parent, False, warnings)
     if not subsets:
-        raise UserError(f"--train_data_dir: no `N_name` subfolders found in {parent}; did you mean "
-                        "its parent? (images go in e.g. train/10_sks dog/)")
+        raise UserError(_no_subsets(parent, warnings))
     if defaults.reg_data_dir:
         subsets += _folder_subsets(defaults.reg_data_dir, True, warnings)
     return _finish_cli_plan({"datasets": [{"subsets": subsets}]}, defaults, parent, "folders",

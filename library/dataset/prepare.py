@@ -82,6 +82,25 @@ def _scan_metadata(sub: SubsetSpec, si: int, stats: SubsetStats) -> list[ImageRe
     return records
 
 
+CAPTION_LIKE = (".txt", ".caption", ".tags", ".wd14")  # extensions tried for the caption_extension hint
+
+
+def _caption_hints(sub: SubsetSpec, records: list[ImageRecord], stats: SubsetStats) -> list[str]:
+    """sd-train: kohya logs a line per image without a caption; here one warning per subset names the fix:
+    caption files of another extension next to the images, or images that train on an empty caption."""
+    hints = []
+    stems = [os.path.splitext(r.path)[0] for r in records if not r.caption_found]
+    other = next((ext for ext in CAPTION_LIKE if ext != sub.caption_extension
+                  and any(os.path.isfile(stem + ext) for stem in stems)), None)
+    if other:
+        hints.append(f"{sub.image_dir}: {len(stems)} images have no {sub.caption_extension} caption file but {other} "
+                     f"files are next to them: set caption_extension = \"{other}\"")
+    if stats.empty_captions:
+        hints.append(f"{sub.image_dir}: {stats.empty_captions} of {len(records)} images train with an empty caption "
+                     f"(no or empty {sub.caption_extension} files, no class_tokens); add captions or set class_tokens")
+    return hints
+
+
 def _subset_key(sub: SubsetSpec):
     return (sub.image_dir, sub.metadata_file, sub.conditioning_data_dir)
 
@@ -102,6 +121,8 @@ def scan_dataset(spec: DatasetSpec, warnings: list[str]):
         stats.img_count = len(found)
         if not found:
             warnings.append(f"{sub.image_dir or sub.metadata_file}: no images found")
+        elif sub.kind != "FT":
+            warnings += _caption_hints(sub, found, stats)
         records += found
     return stats_list, records
 
@@ -187,7 +208,7 @@ def prepare_dataset(spec: DatasetSpec, index: int, plan: DatasetPlan, seed: int,
                     step_multiple: int, latents_cached: bool = False) -> tuple[PreparedDataset, PreparedDataset | None]:
     """Pre-pass of one dataset: returns the training dataset and its validation twin or None."""
     warnings: list[str] = []
-    check_bucket_settings(spec, index, step_multiple, warnings)
+    check_bucket_settings(spec, index, step_multiple, warnings, from_config=plan.mode == "config")
     stats, records = scan_dataset(spec, warnings)
     if spec.enable_bucket and any(s.face_crop_aug_range for s in spec.subsets):
         # kohya-compat: face crops are applied only without bucketing.
@@ -229,13 +250,10 @@ class PreparedData:
         train: prepared training datasets (one per plan dataset).
         validation: validation twins (possibly empty).
         warnings: every warning of plan and scan, in order.
-        is_sdxl: the model family given to :func:`prepare`.
     """
 
-    def __init__(self, plan: DatasetPlan, train: list, validation: list, warnings: list[str],
-                 is_sdxl: bool = False):
+    def __init__(self, plan: DatasetPlan, train: list, validation: list, warnings: list[str]):
         self.plan = plan
-        self.is_sdxl = is_sdxl
         self.train = train
         self.validation = validation
         self.warnings = warnings
@@ -286,14 +304,15 @@ class PreparedData:
 
 
 def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
-            is_sdxl: bool, latents_cached: bool = False) -> PreparedData:
+            is_sdxl: bool | None = None, latents_cached: bool = False) -> PreparedData:
     """Scan, check, split, balance and bucket every dataset of ``plan`` (no model needed).
 
     Args:
         plan: from ``build_plan``.
         seed: the run seed (validation split fallback seed).
         bucket_step_multiple: 32 for SDXL, 64 for SD1/2.
-        is_sdxl: the model family (kept on the result for cache file names).
+        is_sdxl: accepted from older callers and ignored: nothing in the pre-pass depends on the family
+            beyond ``bucket_step_multiple`` (cache file names take the family's tag in ``cache_latents``).
         latents_cached: latents will be cached (images are then resized to fit, even without bucketing).
 
     Raises:
@@ -311,4 +330,4 @@ def prepare(plan: DatasetPlan, *, seed: int, bucket_step_multiple: int,
         warnings += ds.warnings
         if vds is not None:
             validation.append(vds)
-    return PreparedData(plan, train, validation, warnings, is_sdxl)
+    return PreparedData(plan, train, validation, warnings)

@@ -46,7 +46,7 @@ def mean_ar_error(ds) -> float:
 def _subset_entry(stats) -> dict:
     sub = stats.spec
     return {"image_dir": sub.image_dir, "metadata_file": sub.metadata_file, "kind": sub.kind,
-            "is_reg": sub.is_reg, "img_count": stats.img_count, "num_repeats": sub.num_repeats,
+            "is_reg": sub.is_reg, "class_tokens": sub.class_tokens, "img_count": stats.img_count, "num_repeats": sub.num_repeats,
             "captions_found": stats.img_count - stats.captions_missing,
             "captions_missing": stats.captions_missing, "empty_captions": stats.empty_captions,
             "caption_files_without_image": stats.orphan_captions, "duplicate": stats.duplicate}
@@ -82,7 +82,7 @@ def build_report(data) -> dict:
             "num_train_images": data.num_train_images, "num_reg_images": data.num_reg_images,
             "num_validation_images": data.num_validation_images,
             "batches_per_epoch": batches, "steps_per_epoch": batches,
-            "warnings": warnings}
+            "tag_frequency": data.tag_frequency, "warnings": warnings}
 
 
 def format_report(report: dict) -> str:

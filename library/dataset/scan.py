@@ -122,17 +122,22 @@ def _join_caption(caption: str, tags: str, separator: str, enable_wildcard: bool
     return caption or tags or ""
 
 
+HF_FILE_KEY, HF_CAPTION_KEY = "file_name", "text"  # Hugging Face image-folder metadata.jsonl columns
+
+
 def load_metadata(path: str, image_dir: str | None, separator: str,
                   enable_wildcard: bool) -> list[dict]:
     """Read a fine-tune ``.json`` / ``.jsonl`` file into ``[{"path", "caption", "tags", "size"}]``.
 
-    ``size`` is ``(w, h)`` or None; relative keys are joined to ``image_dir`` (then required).
+    ``size`` is ``(w, h)`` or None; relative keys are joined to ``image_dir`` (then required). A ``.jsonl``
+    line names its image with ``image_path`` (kohya) or ``file_name`` (Hugging Face image folders, whose
+    ``metadata.jsonl`` has the caption in ``text``; relative to the file's folder when there is no ``image_dir``).
     """
     try:
         with open(path, encoding="utf-8") as fh:
             if path.lower().endswith(".jsonl"):
                 rows = [json.loads(line) for line in fh if line.strip()]
-                entries = [(r.get("image_path"), r) for r in rows]
+                entries = [(r.get("image_path") or r.get(HF_FILE_KEY), r) for r in rows]
             else:
                 entries = list(json.load(fh).items())
     except (OSError, ValueError) as exc:
@@ -140,13 +145,15 @@ def load_metadata(path: str, image_dir: str | None, separator: str,
     out = []
     for key, info in entries:
         if not key:
-            raise UserError(f"{path}: a jsonl line has no image_path")
+            raise UserError(f"{path}: a jsonl line has neither image_path nor {HF_FILE_KEY}")
         if not os.path.isabs(key):
-            if not image_dir:
+            base = image_dir or (os.path.dirname(os.path.abspath(path)) if HF_FILE_KEY in info else None)
+            if not base:
                 raise UserError(f"{path}: image key '{key}' is relative; set image_dir "
                                 "(or --train_data_dir)")
-            key = os.path.join(image_dir, key)
-        caption, tags = info.get("caption") or "", info.get("tags") or ""
+            key = os.path.join(base, key)
+        caption = info.get("caption") or info.get(HF_CAPTION_KEY) or ""
+        tags = info.get("tags") or ""
         size = info.get("image_size")
         out.append({"path": key, "caption": _join_caption(caption, tags, separator,
                                                           enable_wildcard),

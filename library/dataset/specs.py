@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from library.dataset.captions import add_caption_fields
+
 
 @dataclass
+@add_caption_fields(after="alpha_mask")
 class SubsetSpec:
-    """One resolved subset: every key of SCHEMA that a subset may carry, plus its kind."""
+    """One resolved subset: every key of SCHEMA that a subset may carry (the caption rules' fields are
+    generated from ``library.dataset.captions.CAPTION_RULES``), plus its kind."""
 
     kind: str = "DB"
     image_dir: str | None = None
@@ -19,23 +23,10 @@ class SubsetSpec:
     caption_extension: str = ".caption"
     cache_info: bool = False
     alpha_mask: bool = False
-    shuffle_caption: bool = False
-    caption_separator: str = ","
-    keep_tokens: int = 0
-    keep_tokens_separator: str = ""
-    secondary_separator: str | None = None
-    enable_wildcard: bool = False
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
     color_aug: bool = False
     flip_aug: bool = False
     random_crop: bool = False
     face_crop_aug_range: tuple[float, float] | None = None
-    token_warmup_min: int = 1
-    token_warmup_step: float = 0
-    caption_dropout_rate: float = 0.0
-    caption_dropout_every_n_epochs: int = 0
-    caption_tag_dropout_rate: float = 0.0
     resize_interpolation: str | None = None
     custom_attributes: dict = field(default_factory=dict)
 

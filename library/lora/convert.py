@@ -15,6 +15,8 @@ from typing import Mapping
 import torch
 
 from library.errors import UserError
+from library.models.detect import family_of_keys, family_of_lora
+from library.models.families import FamilySpec, family_spec
 from library.checkpoint.keymaps import ldm_unet_to_diffusers_map, unet_ldm_to_diffusers_key
 
 TE_RE = re.compile(r"^(lora_te[12]?)_text_model_encoder_layers_(\d+)_(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc1|mlp_fc2)$")
@@ -26,30 +28,18 @@ _OPENCLIP_LEAF = {"attn.out_proj.weight": "self_attn_out_proj", "mlp.c_fc.weight
                   "mlp.c_proj.weight": "mlp_fc2"}
 _QKV = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj")  # OpenCLIP in_proj row order
 UNET_PREFIX = "model.diffusion_model."
-# (LoRA prefix, checkpoint prefix, layout) per family; layout "clip" = transformers, "openclip" = fused.
-TE_LAYOUTS = {"sd1": (("lora_te", "cond_stage_model.transformer.", "clip"),),
-              "sd2": (("lora_te", "cond_stage_model.model.", "openclip"),),
-              "sdxl": (("lora_te1", "conditioner.embedders.0.transformer.", "clip"),
-                       ("lora_te2", "conditioner.embedders.1.model.", "openclip"))}
 PEFT_COMPONENT = {"lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2"}
 
 
 def checkpoint_family(keys) -> str:
-    """``sd1``, ``sd2`` or ``sdxl`` from single-file checkpoint keys (UserError otherwise)."""
-    keys = list(keys)
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "sd2"
-    if any(k.startswith((UNET_PREFIX, "cond_stage_model.transformer.")) for k in keys):
-        return "sd1"
-    raise UserError("not a Stable Diffusion single-file checkpoint (no model.diffusion_model.* keys)")
+    """``sd1``, ``sd2`` or ``sdxl`` from single-file checkpoint keys (:func:`library.models.detect.family_of_keys`)."""
+    return family_of_keys(keys)
 
 
-def _unet_lora_name(ldm_path: str, family: str) -> tuple[str, str]:
+def _unet_lora_name(ldm_path: str, spec: FamilySpec) -> tuple[str, str]:
     """``(kohya name, diffusers module path)`` of an LDM/SGM module path."""
     diffusers = unet_ldm_to_diffusers_key(ldm_path + ".weight")[: -len(".weight")]
-    spelled = ldm_path if family == "sdxl" else diffusers  # SDXL LoRAs use SGM names, SD1/2 diffusers names
+    spelled = ldm_path if spec.sgm_unet else diffusers  # LoRAs spell the UNet as the model's modules do
     return "lora_unet_" + spelled.replace(".", "_"), diffusers
 
 
@@ -70,28 +60,29 @@ def checkpoint_targets(shapes: Mapping[str, tuple], family: str, conv: bool = Tr
         conv: include ResNet and sampler modules (LoCon targets), else only transformer leaves.
         aliases: SDXL: also accept diffusers-spelled UNet names (``lora_unet_down_blocks_…``).
     """
+    spec = family_spec(family)
     out: dict[str, tuple[str, int | None]] = {}
     for key, shape in shapes.items():
         if len(shape) < 2 or not key.endswith("weight"):
             continue
         if key.startswith(UNET_PREFIX):
             try:
-                name, diffusers = _unet_lora_name(key[len(UNET_PREFIX): -len(".weight")], family)
+                name, diffusers = _unet_lora_name(key[len(UNET_PREFIX): -len(".weight")], spec)
             except KeyError:
                 continue
             if is_network_target(diffusers, conv):
                 out[name] = (key, None)
-                if aliases and family == "sdxl":
+                if aliases and spec.sgm_unet:
                     out["lora_unet_" + diffusers.replace(".", "_")] = (key, None)
             continue
-        for lora_prefix, ck_prefix, layout in TE_LAYOUTS[family]:
-            if key.startswith(ck_prefix):
-                out.update(_te_targets(key, key[len(ck_prefix):], lora_prefix, layout))
+        for slot in spec.text_encoders:
+            if key.startswith(slot.checkpoint_prefix):
+                out.update(_te_targets(key, key[len(slot.checkpoint_prefix):], slot.lora_prefix, slot.openclip_keys))
     return out
 
 
-def _te_targets(key: str, rest: str, lora_prefix: str, layout: str) -> dict[str, tuple[str, int | None]]:
-    if layout == "clip":
+def _te_targets(key: str, rest: str, lora_prefix: str, openclip: bool) -> dict[str, tuple[str, int | None]]:
+    if not openclip:
         m = _TE_PATH_RE.match(rest[: -len(".weight")]) if rest.endswith(".weight") else None
         if not m or not rest.startswith("text_model."):
             return {}
@@ -106,31 +97,14 @@ def _te_targets(key: str, rest: str, lora_prefix: str, layout: str) -> dict[str,
     return {base + leaf: (key, None)} if leaf else {}
 
 
-def _sdxl_unet_config():
-    """The SDXL UNet config for name tables: ``SdxlUNetConfig.full()``, else diffusers kwargs."""
-    try:
-        from library.models.sdxl_unet import SdxlUNetConfig
-
-        return SdxlUNetConfig.full()
-    except ImportError:  # sd-train: the SGM model file is optional here; diffusers gives the same names
-        return {"block_out_channels": [320, 640, 1280], "layers_per_block": 2, "cross_attention_dim": 2048,
-                "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-                "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-                "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
-                "use_linear_projection": True, "addition_embed_type": "text_time",
-                "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816}
-
-
 def unet_name_table(family: str, config=None) -> dict[str, str]:
     """``{kohya UNet module name: diffusers module path}`` for every weight of the family's UNet."""
-    if config is None:
-        from library.models.sd_unet import sd_unet_config
-
-        config = _sdxl_unet_config() if family == "sdxl" else sd_unet_config(family)
+    spec = family_spec(family)
+    config = spec.full_configs()["unet"] if config is None else config
     table = {}
     for ldm, diffusers in ldm_unet_to_diffusers_map(config).items():
         if ldm.endswith(".weight"):
-            path = (ldm if family == "sdxl" else diffusers)[: -len(".weight")]
+            path = (ldm if spec.sgm_unet else diffusers)[: -len(".weight")]
             table["lora_unet_" + path.replace(".", "_")] = diffusers[: -len(".weight")]
     return table
 
@@ -159,7 +133,8 @@ def kohya_name(component: str, path: str, family: str, inverse_table: Mapping[st
     m = _TE_PATH_RE.match(path)
     if component not in ("text_encoder", "text_encoder_2") or not m:
         raise UserError(f"{component}.{path} is not a text-encoder LoRA module")
-    prefix = {"text_encoder": "lora_te1" if family == "sdxl" else "lora_te", "text_encoder_2": "lora_te2"}[component]
+    prefixes = {slot.diffusers_folder: slot.lora_prefix for slot in family_spec(family).text_encoders}
+    prefix = prefixes.get(component, "lora_te2")
     return f"{prefix}_text_model_encoder_layers_{m.group(1)}_{m.group(2).replace('.', '_')}"
 
 
@@ -201,25 +176,13 @@ def parse_peft_key(key: str) -> tuple[str, str, str] | None:
 
 
 def lora_family(names, shapes: Mapping[str, tuple] | None = None, metadata: Mapping[str, str] | None = None) -> str:
-    """Guess ``sd1``/``sd2``/``sdxl`` of a LoRA from its module names, down shapes and metadata."""
-    names = list(names)
-    md = metadata or {}
-    if any(n.startswith(("lora_te1_", "lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks",
-                         "lora_unet_middle_block")) for n in names) or md.get("ss_base_model_version", "").startswith("sdxl"):
-        return "sdxl"
-    if md.get("ss_v2") == "True":
-        return "sd2"
-    for n, shape in (shapes or {}).items():
-        if (n.startswith("lora_te_") and len(shape) > 1 and shape[1] == 1024) or (n.endswith("attn2_to_k") and shape[1] == 1024):
-            return "sd2"
-        if n.endswith("attn2_to_k") and shape[1] == 2048:
-            return "sdxl"
-    return "sd1"
+    """Guess ``sd1``/``sd2``/``sdxl`` of a LoRA (:func:`library.models.detect.family_of_lora`)."""
+    return family_of_lora(names, shapes, metadata)
 
 
 def to_family_names(names, family: str, unet_table: Mapping[str, str]) -> dict[str, str]:
     """Map diffusers-spelled SDXL UNet names (``lora_unet_down_blocks_…``) to SGM names; others unchanged."""
-    if family != "sdxl":
+    if not family_spec(family).sgm_unet:
         return {n: n for n in names}
     by_diffusers = {"lora_unet_" + d.replace(".", "_"): k for k, d in unet_table.items()}
     return {n: (n if n in unet_table else by_diffusers.get(n, n)) for n in names}

@@ -146,6 +146,36 @@ class SdxlUNetConfig:
             )
         return cls(**d)
 
+    @classmethod
+    def from_diffusers(cls, cfg: dict) -> "SdxlUNetConfig":
+        """The config of a diffusers SDXL ``unet/config.json`` (inverse of :meth:`to_diffusers`)."""
+        chans = list(cfg["block_out_channels"])
+        depth = cfg.get("transformer_layers_per_block", 1)
+        depth = [depth] * len(chans) if isinstance(depth, int) else list(depth)
+        depth = [d if t.startswith("CrossAttn") else 0 for d, t in zip(depth, cfg["down_block_types"])]
+        heads = cfg.get("num_attention_heads") or cfg["attention_head_dim"]
+        heads = [heads] * len(chans) if isinstance(heads, int) else list(heads)
+        return cls(
+            in_channels=cfg.get("in_channels", 4), out_channels=cfg.get("out_channels", 4), model_channels=chans[0],
+            channel_mult=tuple(c // chans[0] for c in chans), num_res_blocks=cfg.get("layers_per_block", 2),
+            transformer_depth=tuple(depth), transformer_depth_middle=max(depth),
+            num_head_channels=chans[-1] // heads[-1], context_dim=cfg["cross_attention_dim"],
+            adm_in_channels=cfg["projection_class_embeddings_input_dim"],
+            size_embed_dim=cfg.get("addition_time_embed_dim", 256), norm_num_groups=cfg.get("norm_num_groups", 32))
+
+    def to_diffusers(self) -> dict:
+        """diffusers ``UNet2DConditionModel`` kwargs of the same architecture."""
+        chans = [self.model_channels * m for m in self.channel_mult]
+        down = ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in self.transformer_depth]
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "block_out_channels": chans,
+                "down_block_types": down, "up_block_types": [t.replace("Down", "Up") for t in reversed(down)],
+                "layers_per_block": self.num_res_blocks, "transformer_layers_per_block": list(self.transformer_depth),
+                "attention_head_dim": [c // self.num_head_channels for c in chans],
+                "cross_attention_dim": self.context_dim, "use_linear_projection": True,
+                "addition_embed_type": "text_time", "addition_time_embed_dim": self.size_embed_dim,
+                "projection_class_embeddings_input_dim": self.adm_in_channels,
+                "norm_num_groups": self.norm_num_groups}
+
 
 def timestep_embedding(
     timesteps: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0

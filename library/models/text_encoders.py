@@ -62,8 +62,7 @@ class ClipTextConfig:
                    num_attention_heads=20, hidden_act="gelu", projection_dim=1280)
 
     @classmethod
-    def tiny(cls, projection_dim: int | None = None,
-             hidden_act: str = "quick_gelu") -> "ClipTextConfig":
+    def tiny(cls, projection_dim: int | None = None, hidden_act: str = "quick_gelu") -> "ClipTextConfig":
         """A 3-layer, 32-wide model for tests; full vocabulary and 77 positions."""
         return cls(hidden_size=32, intermediate_size=37, num_hidden_layers=3,
                    num_attention_heads=4, hidden_act=hidden_act, projection_dim=projection_dim)
@@ -237,8 +236,7 @@ class _TextModelBase(nn.Module):
         self.config = config
         self.text_model = CLIPTextTransformer(config)
 
-    def gradient_checkpointing_enable(self,
-                                      gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each encoder layer in backward (transformers' method name; kwargs ignored)."""
         self.text_model.encoder.gradient_checkpointing = True
 
@@ -251,9 +249,13 @@ class _TextModelBase(nn.Module):
         """Whether per-layer gradient checkpointing is on."""
         return self.text_model.encoder.gradient_checkpointing
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        """The token embedding table ``(vocab_size, D)``."""
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding table ``(vocab_size, D)`` (an ``nn.Embedding`` unless tokens were added)."""
         return self.text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        """Replace the token embedding module (ids ``(B, L)`` -> ``(B, L, D)``, with a ``weight``)."""
+        self.text_model.embeddings.token_embedding = module
 
     @property
     def dtype(self) -> torch.dtype:

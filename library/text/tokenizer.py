@@ -24,11 +24,6 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 _PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
             r"|[^\s\p{L}\p{N}]+")
-_KOHYA_DIRS = {  # kohya-compat: folder names kohya writes under --tokenizer_cache_dir
-    "clip_l": ("openai_clip-vit-large-patch14",),
-    "openclip_bigg": ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k",),
-    "sd2": ("stabilityai_stable-diffusion-2/tokenizer", "stabilityai_stable-diffusion-2"),
-}
 
 
 def byte_unicode_table() -> dict[int, str]:
@@ -85,16 +80,19 @@ def resolve_tokenizer_dir(cache_dir: str | os.PathLike | None, kind: str) -> Pat
 
     Args:
         cache_dir: The cache folder, or ``None``.
-        kind: ``"clip_l"``, ``"openclip_bigg"`` or ``"sd2"``.
+        kind: a family's tokenizer kind (``TextEncoderSlot.tokenizer``: ``"clip_l"``, ``"openclip_bigg"`` …).
 
     Returns:
         The folder holding ``vocab.json`` and ``merges.txt``, or ``None`` when there is none.
     """
-    if kind not in _KOHYA_DIRS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; use one of {sorted(_KOHYA_DIRS)}")
+    from library.models.families import kohya_tokenizer_dirs
+
+    dirs = kohya_tokenizer_dirs()
+    if kind not in dirs:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; use one of {sorted(dirs)}")
     if cache_dir is None:
         return None
-    for sub in _KOHYA_DIRS[kind]:
+    for sub in dirs[kind]:
         folder = Path(cache_dir) / sub
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             return folder
@@ -124,6 +122,8 @@ class ClipTokenizer:
         self._bytes = byte_unicode_table()
         self._pattern = regex.compile(_PATTERN, regex.IGNORECASE)
         self._bpe_cache: dict[str, tuple[str, ...]] = {}  # per instance; plain dict pickles
+        self.added_tokens: dict[str, int] = {}  # textual inversion: whole strings with their own ids
+        self._added_pattern = None
         # kohya-compat: transformers' CLIPTokenizer with pad_token "!" (SD2, SDXL TE2) treats every
         # "!" in a caption as that special token and never BPE-merges it.
         pad_text = next((t for t, i in self.vocab.items() if i == pad_token_id), None)
@@ -161,6 +161,33 @@ class ClipTokenizer:
         """Whether ``other`` has identical vocabulary and merges (for the cache-dir warning)."""
         return self.vocab == other.vocab and self.merges == other.merges
 
+    def add_tokens(self, tokens: list[str]) -> list[int]:
+        """Add whole-string tokens with new ids after the vocabulary (and earlier added tokens).
+
+        An added token is matched in the raw text, case-sensitively and before cleaning, and never split
+        by BPE (transformers' ``add_tokens``). Used for textual-inversion and pivotal-tuning tokens.
+
+        Returns:
+            The new ids, in the order given.
+
+        Raises:
+            UserError: a token is empty, holds whitespace, is already in the vocabulary or was added before.
+        """
+        for token in tokens:
+            if not token or regex.search(r"\s", token):
+                raise UserError(f"token {token!r}: new tokens must be non-empty and hold no whitespace")
+            if token in self.vocab or token in self.added_tokens or tokens.count(token) > 1:
+                raise UserError(f"token {token!r} already exists in the tokenizer; choose another token string")
+        first = len(self.vocab) + len(self.added_tokens)
+        self.added_tokens.update({t: first + i for i, t in enumerate(tokens)})
+        longest_first = sorted(self.added_tokens, key=len, reverse=True)
+        self._added_pattern = regex.compile("(" + "|".join(regex.escape(t) for t in longest_first) + ")")
+        return [self.added_tokens[t] for t in tokens]
+
+    def __len__(self) -> int:
+        """Number of ids: the vocabulary plus the added tokens."""
+        return len(self.vocab) + len(self.added_tokens)
+
     def _bpe(self, word: str) -> tuple[str, ...]:
         """Apply the merges to one byte-encoded word; the last symbol carries ``</w>``."""
         parts = list(word[:-1]) + [word[-1] + "</w>"]
@@ -187,6 +214,13 @@ class ClipTokenizer:
 
     def encode_without_specials(self, text: str) -> list[int]:
         """Token ids of ``text`` without BOS/EOS and without truncation."""
+        if self._added_pattern is not None:
+            pieces = self._added_pattern.split(text)  # odd positions: the added tokens themselves
+            return [i for k, piece in enumerate(pieces)
+                    for i in ([self.added_tokens[piece]] if k % 2 else self._encode_unadded(piece))]
+        return self._encode_unadded(text)
+
+    def _encode_unadded(self, text: str) -> list[int]:
         if self._pad_text and self._pad_text in text:
             ids = []
             for i, part in enumerate(text.split(self._pad_text)):

@@ -15,9 +15,10 @@ from typing import Any, Sequence
 import torch
 
 from library.errors import UserError, first_line
-from library.text.prompt_weights import apply_token_weights, tokenize_chunks_weighted
 from library.io.safetensors_io import file_model_hashes
-from library.text.conditioning import CHUNK, chunk_token_ids
+from library.models.families import FamilySpec
+from library.text.conditioning import CHUNK, chunk_token_ids, load_tokenizer
+from library.text.prompt_weights import apply_token_weights, tokenize_chunks_weighted
 
 
 @dataclass
@@ -39,7 +40,15 @@ class Conds:
 
 
 class ModelFamily(abc.ABC):
-    """Strategy object for one model family (SD1/SD2 or SDXL).
+    """Strategy object for the families one trainer script trains (SD1/SD2, or SDXL).
+
+    Class attributes (facts of the script, known before any option is parsed): ``entry`` (the name
+    ``sd_train.entry`` uses), ``specs`` (the :class:`library.models.families.FamilySpec` it trains; ``--v2``
+    picks among them), ``default_sampler``, ``uses_clip_skip``, ``takes_sdxl_only_flags`` (the options
+    kohya defines only in ``sdxl_train_network.py``), ``embeddings_only`` (a textual-inversion script:
+    no network, only new token embeddings train), ``excluded_option_groups`` (option groups its command
+    line leaves out) and ``option_defaults`` (its own defaults). Per instance, :attr:`spec` is the
+    family being trained and the properties below read it.
 
     Args:
         v2: SD2 model (``--v2``). v_parameterization: v-prediction (``--v_parameterization``).
@@ -48,10 +57,14 @@ class ModelFamily(abc.ABC):
         weighted_captions: ``--weighted_captions`` (A1111 attention weights, TRAINING.md §3.1).
     """
 
-    name: str = ""
-    latent_scale: float = 1.0
-    bucket_step_multiple: int = 64
+    entry: str = ""
+    specs: tuple[FamilySpec, ...] = ()
     default_sampler: str = "ddim"
+    uses_clip_skip: bool = True
+    takes_sdxl_only_flags: bool = False
+    embeddings_only: bool = False
+    excluded_option_groups: tuple[str, ...] = ("textual_inversion",)
+    option_defaults: dict = {}
 
     def __init__(self, v2: bool = False, v_parameterization: bool = False,
                  max_token_length: int | None = None, clip_skip: int | None = None,
@@ -64,15 +77,40 @@ class ModelFamily(abc.ABC):
         self.weighted_captions = weighted_captions
         self._tokenizers: list | None = None
 
+    @classmethod
+    def script(cls) -> str:
+        """The kohya script name of this entry (``train_network.py`` …)."""
+        return cls.specs[0].trainer_script
+
+    @classmethod
+    def spec_for(cls, v2: bool) -> FamilySpec:
+        """The family trained with (or without) ``--v2``: the one whose ``v2`` matches, else the first."""
+        return next((s for s in cls.specs if s.v2 == v2), cls.specs[0])
+
+    @property
+    def spec(self) -> FamilySpec:
+        """The :class:`FamilySpec` of the family being trained."""
+        return self.spec_for(self.v2)
+
+    @property
+    def name(self) -> str:
+        """Family name (``sd1``, ``sd2`` or ``sdxl``), as stored with the loaded models."""
+        return self.spec.name
+
+    @property
+    def latent_scale(self) -> float:
+        """VAE latent scale factor (0.18215 SD1/SD2, 0.13025 SDXL)."""
+        return self.spec.vae_scale
+
+    @property
+    def bucket_step_multiple(self) -> int:
+        """Bucket sizes are multiples of this (64 SD1/SD2, 32 SDXL)."""
+        return self.spec.bucket_step_multiple
+
     @property
     def max_length(self) -> int:
         """Padded caption length before chunking: 77, or ``max_token_length + 2``."""
         return CHUNK if self.max_token_length is None else self.max_token_length + 2
-
-    @property
-    def expected_family(self) -> str:
-        """Family name the checkpoint loader must detect (``sd1``, ``sd2`` or ``sdxl``)."""
-        return self.name
 
     def load(self, path: str, *, vae_path: str | None = None, dtype=torch.float32,
              device="cpu", mmap: bool = True, unet_dtype: torch.dtype | None = None):
@@ -83,7 +121,7 @@ class ModelFamily(abc.ABC):
 
         path = hub.local_path(path, hub.MODEL_FILES)
         vae_path = vae_path and hub.local_path(vae_path, hub.VAE_FILES)
-        return load_models(path, expected_family=self.expected_family, v2=self.v2, dtype=dtype,
+        return load_models(path, expected_family=self.name, v2=self.v2, dtype=dtype,
                            device=device, vae_path=vae_path, mmap=mmap, unet_dtype=unet_dtype)
 
     def tokenizers(self) -> list:
@@ -170,9 +208,9 @@ class ModelFamily(abc.ABC):
         tes = list(models.text_encoders)
         return tes[0] if len(tes) == 1 else tes
 
-    @abc.abstractmethod
     def _build_tokenizers(self) -> list:
-        """Create the family's tokenizers."""
+        """One tokenizer per text encoder of the family (built offline, or from kohya's cache folders)."""
+        return [load_tokenizer(slot.tokenizer, self.tokenizer_cache_dir) for slot in self.spec.text_encoders]
 
     @abc.abstractmethod
     def encode(self, text_encoders: Sequence[torch.nn.Module], tokens: list[torch.Tensor]) -> Conds:
@@ -183,13 +221,13 @@ class ModelFamily(abc.ABC):
                 batch: dict) -> torch.Tensor:
         """UNet prediction (B, 4, h, w) for noisy latents ``x_t`` at timesteps ``t`` (B,)."""
 
-    @abc.abstractmethod
     def base_model_version(self) -> str:
-        """``ss_base_model_version`` value (FORMAT.md §4)."""
+        """``ss_base_model_version`` value (FORMAT.md §4): ``sd_v1``, ``sd_v2_v``, ``sdxl_base_v1-0`` …"""
+        return self.spec.base_model_version(self.v_parameterization)
 
-    @abc.abstractmethod
     def modelspec_architecture(self, v_param: bool) -> str:
-        """``modelspec.architecture`` value (FORMAT.md §5)."""
+        """``modelspec.architecture`` value (FORMAT.md §5), e.g. ``stable-diffusion-v2-768-v/lora``."""
+        return self.spec.modelspec_architecture(v_param) + "/lora"
 
 
 def require_xformers() -> None:

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from library.text.conditioning import device_of, join_chunk_states, load_tokenizer
+from library.models.families import SD1, SD2
+from library.text.conditioning import device_of, join_chunk_states
 from sd_train.families.base import Conds, ModelFamily
 
 
@@ -17,16 +18,8 @@ class SdFamily(ModelFamily):
     ``hidden_states[-n]`` followed by the final LayerNorm. Latent scale 0.18215.
     """
 
-    latent_scale = 0.18215  # kohya-compat: SD1/SD2 VAE scale factor
-    bucket_step_multiple = 64
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        """``sd2`` with ``--v2``, else ``sd1``."""
-        return "sd2" if self.v2 else "sd1"
-
-    def _build_tokenizers(self) -> list:
-        return [load_tokenizer("sd2" if self.v2 else "clip_l", self.tokenizer_cache_dir)]
+    entry = "sd"
+    specs = (SD1, SD2)  # --v2 picks SD2
 
     def encode(self, text_encoders: Sequence[torch.nn.Module], tokens: list[torch.Tensor]) -> Conds:
         """Encode (B, n, 77) tokens into a (B, 77|152|227, D) context.
@@ -48,14 +41,3 @@ class SdFamily(ModelFamily):
     def predict(self, unet, x_t, t, conds, batch) -> torch.Tensor:
         """Run the diffusers UNet: ``unet(x_t, t, context).sample``, (B, 4, h, w)."""
         return unet(x_t, t, conds.context).sample
-
-    def base_model_version(self) -> str:
-        """``sd_v1`` / ``sd_v2``, with ``_v`` under ``--v_parameterization`` (FORMAT.md §4)."""
-        version = "sd_v2" if self.v2 else "sd_v1"
-        return version + "_v" if self.v_parameterization else version
-
-    def modelspec_architecture(self, v_param: bool) -> str:
-        """``stable-diffusion-v1/lora``, ``…-v2-512/lora`` or ``…-v2-768-v/lora``."""
-        if not self.v2:
-            return "stable-diffusion-v1/lora"
-        return "stable-diffusion-v2-768-v/lora" if v_param else "stable-diffusion-v2-512/lora"

@@ -9,7 +9,8 @@ from typing import Sequence
 import torch
 
 from library.text.prompt_weights import apply_token_weights
-from library.text.conditioning import encode_sdxl, load_tokenizer
+from library.models.families import SDXL
+from library.text.conditioning import encode_sdxl
 from sd_train.families.base import Conds, ModelFamily
 
 logger = logging.getLogger(__name__)
@@ -53,19 +54,16 @@ def size_values(batch: dict, batch_size: int) -> torch.Tensor:
 class SdxlFamily(ModelFamily):
     """SDXL training strategy (TRAINING.md §3.3–3.4). Latent scale 0.13025."""
 
-    name = "sdxl"
-    latent_scale = 0.13025  # kohya-compat: SDXL VAE scale factor
+    entry = "sdxl"
+    specs = (SDXL,)
     default_sampler = "euler_a"  # sd-train: kohya samples with ddim unless --sample_sampler is given
-    bucket_step_multiple = 32
+    uses_clip_skip = False
+    takes_sdxl_only_flags = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.clip_skip is not None:
             logger.warning("--clip_skip is ignored for SDXL (TE1 and TE2 use their penultimate layer)")
-
-    def _build_tokenizers(self) -> list:
-        return [load_tokenizer("clip_l", self.tokenizer_cache_dir),
-                load_tokenizer("openclip_bigg", self.tokenizer_cache_dir)]
 
     def encode(self, text_encoders: Sequence[torch.nn.Module], tokens: list[torch.Tensor]) -> Conds:
         """Encode ``[ids1, ids2]`` (each (B, n, 77)) into context (B, L, D1 + D2) and pooled (B, P).
@@ -115,11 +113,3 @@ class SdxlFamily(ModelFamily):
         """``unet(x_t, t, context, y)`` with the size-conditioned vector; (B, 4, h, w)."""
         y = self.vector(conds, batch, x_t.shape[0], unet.config.size_embed_dim).to(x_t.dtype)
         return unet(x_t, t, conds.context.to(x_t.dtype), y)
-
-    def base_model_version(self) -> str:
-        """``sdxl_base_v1-0`` (also for v-prediction, kohya-compat)."""
-        return "sdxl_base_v1-0"
-
-    def modelspec_architecture(self, v_param: bool) -> str:
-        """``stable-diffusion-xl-v1-base/lora``."""
-        return "stable-diffusion-xl-v1-base/lora"

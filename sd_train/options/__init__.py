@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -17,9 +18,11 @@ from sd_train.options.logging import LoggingOptions
 from sd_train.options.model import ModelOptions
 from sd_train.options.network import NetworkOptions
 from sd_train.options.optimizer import OptimizerOptions
+from sd_train.options.pivotal import PivotalOptions, TextualInversionOptions
 from sd_train.options.sampling import SamplingOptions
 from sd_train.options.saving import SavingOptions
 from sd_train.options.training import TrainingOptions
+from sd_train.options.workflow import EmaOptions
 
 GROUPS: dict[str, type] = {
     "model": ModelOptions,
@@ -30,19 +33,34 @@ GROUPS: dict[str, type] = {
     "saving": SavingOptions,
     "logging": LoggingOptions,
     "sampling": SamplingOptions,
+    "pivotal": PivotalOptions,
+    "textual_inversion": TextualInversionOptions,
+    "ema": EmaOptions,
 }
 
 
-def option_fields(entry: str = "sdxl") -> Iterator[tuple[str, dataclasses.Field]]:
+def option_fields(entry: str | None = None) -> Iterator[tuple[str, dataclasses.Field]]:
     """Yield ``(group_name, field)`` for every option of an entry point, in flag-definition order.
 
     Args:
-        entry: ``"sd"`` (train_network.py) or ``"sdxl"`` (sdxl_train_network.py, all flags).
+        entry: a key of ``sd_train.families.ENTRIES`` (``"sd"``: train_network.py, ``"sdxl"``,
+            ``"sd_ti"``: train_textual_inversion.py, ``"sdxl_ti"``) or ``None`` (every flag).
+
+    An entry leaves out the groups it does not take and may have its own defaults (a copied field).
     """
+    from sd_train.families import family_class
+
+    cls = None if entry is None else family_class(entry)
+    sdxl_flags = cls is None or cls.takes_sdxl_only_flags
     for group_name, group_cls in GROUPS.items():
+        if cls is not None and group_name in cls.excluded_option_groups:
+            continue
         for f in dataclasses.fields(group_cls):
-            if entry == "sd" and f.metadata["sdxl_only"]:
+            if f.metadata["sdxl_only"] and not sdxl_flags:
                 continue
+            if cls is not None and f.name in cls.option_defaults:
+                f = copy.copy(f)
+                f.default = cls.option_defaults[f.name]
             yield group_name, f
 
 
@@ -58,6 +76,9 @@ class TrainOptions:
     saving: SavingOptions = field(default_factory=SavingOptions)
     logging: LoggingOptions = field(default_factory=LoggingOptions)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    pivotal: PivotalOptions = field(default_factory=PivotalOptions)
+    textual_inversion: TextualInversionOptions = field(default_factory=TextualInversionOptions)
+    ema: EmaOptions = field(default_factory=EmaOptions)
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> "TrainOptions":
@@ -66,7 +87,7 @@ class TrainOptions:
         Raises:
             KeyError: A name that is not an option.
         """
-        known = {f.name for _, f in option_fields("sdxl")}
+        known = {f.name for _, f in option_fields()}
         unknown = sorted(set(values) - known)
         if unknown:
             raise KeyError(f"not options: {', '.join(unknown)}")
@@ -95,6 +116,7 @@ class TrainOptions:
 
 
 __all__ = [
-    "GROUPS", "TrainOptions", "option_fields", "DatasetOptions", "LoggingOptions", "ModelOptions",
-    "NetworkOptions", "OptimizerOptions", "SamplingOptions", "SavingOptions", "TrainingOptions",
+    "GROUPS", "TrainOptions", "option_fields", "DatasetOptions", "EmaOptions", "LoggingOptions", "ModelOptions",
+    "NetworkOptions", "OptimizerOptions", "PivotalOptions", "SamplingOptions", "SavingOptions",
+    "TextualInversionOptions", "TrainingOptions",
 ]

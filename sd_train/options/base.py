@@ -22,6 +22,7 @@ def opt(
     flag: bool = False,
     common: bool = False,
     sdxl_only: bool = False,
+    ours: bool = False,
 ) -> Any:
     """Declare one command-line option as a dataclass field.
 
@@ -35,6 +36,7 @@ def opt(
         flag: ``store_true`` option (no value).
         common: Most runs set it (★ in CLI.md §5).
         sdxl_only: Accepted only by ``sdxl_train_network.py``.
+        ours: An sd-train addition, not a flag of kohya's ``train_network.py`` (the README table marks it).
 
     Returns:
         A ``dataclasses.field`` with the metadata attached.
@@ -47,13 +49,14 @@ def opt(
         flag=flag,
         common=common,
         sdxl_only=sdxl_only,
+        ours=ours,
     )
     return dataclasses.field(default=default, metadata=meta)
 
 
-def flag(help: str, *, common: bool = False, sdxl_only: bool = False) -> Any:
+def flag(help: str, *, common: bool = False, sdxl_only: bool = False, ours: bool = False) -> Any:
     """Declare a ``store_true`` option (default ``False``)."""
-    return opt(False, help, flag=True, common=common, sdxl_only=sdxl_only)
+    return opt(False, help, flag=True, common=common, sdxl_only=sdxl_only, ours=ours)
 
 
 def int_or_ratio(value: Any) -> int | float:

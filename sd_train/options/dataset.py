@@ -4,18 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from library.dataset.captions import CaptionRule, add_caption_fields
 from sd_train.options.base import flag, float_pair, opt, resolution_type
 
 INTERPOLATIONS = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area")
 
 
+def caption_option(rule: CaptionRule):
+    """The option of a caption rule (``library.dataset.captions.CAPTION_RULES``), with its one help text."""
+    if rule.type is bool:
+        return flag(rule.help, common=rule.common)
+    return opt(rule.default, rule.help, type=rule.type, common=rule.common)
+
+
 @dataclass(frozen=True)
+@add_caption_fields(after="cache_info", make_field=caption_option)
 class DatasetOptions:
-    """Where the images come from and how captions and latents are prepared."""
+    """Where the images come from and how captions and latents are prepared (the caption rules' options are
+    generated from ``library.dataset.captions.CAPTION_RULES``)."""
 
     train_data_dir: str | None = opt(
         None, "Parent of the N_name image folders (with --in_json: the image folder)", common=True)
     reg_data_dir: str | None = opt(None, "Parent of the N_name folders with regularization images")
+    generate_class_images: int | None = opt(
+        None, "Before training, fill each regularization folder up to N images made by the base model", type=int,
+        ours=True)
     in_json: str | None = opt(None, "Fine-tuning metadata file (.json / .jsonl)")
     dataset_repeats: int = opt(1, "Repeats of the --in_json subset", type=int)
     dataset_config: str | None = opt(
@@ -34,21 +47,6 @@ class DatasetOptions:
     caption_extension: str = opt(".caption", "Caption file extension", common=True)
     caption_extention: str | None = opt(None, "Old misspelling of --caption_extension")  # kohya-compat
     cache_info: bool = flag("Cache captions and image sizes in metadata_cache.json per image folder")
-    shuffle_caption: bool = flag("Shuffle the separated tags of each caption on every fetch", common=True)
-    caption_separator: str = opt(",", "Tag separator")
-    keep_tokens: int = opt(0, "Keep the first N tags in place when shuffling or dropping", type=int, common=True)
-    keep_tokens_separator: str = opt("", "Separator marking the fixed prefix / flexible / fixed suffix parts")
-    secondary_separator: str | None = opt(None, "Joins words that move as one tag")
-    enable_wildcard: bool = flag("{a|b|c} choices and multi-line captions")
-    caption_prefix: str | None = opt(None, "Text added before every caption")
-    caption_suffix: str | None = opt(None, "Text added after every caption")
-    caption_dropout_rate: float = opt(0.0, "Probability of replacing a whole caption with ''", type=float)
-    caption_dropout_every_n_epochs: int = opt(
-        0, "Drop every caption in epochs where epoch % N == 0", type=int)
-    caption_tag_dropout_rate: float = opt(0.0, "Probability of dropping each flexible tag", type=float)
-    token_warmup_min: int = opt(1, "Tags used at step 0 of the tag warm-up", type=int)
-    token_warmup_step: float = opt(
-        0, "Steps until all tags are used (< 1: fraction of --max_train_steps)", type=float)
     weighted_captions: bool = flag("A1111 attention weights such as (word:1.2) in captions")
     color_aug: bool = flag("Weak color augmentation (incompatible with latent caching)")
     flip_aug: bool = flag("Random horizontal flip with probability 0.5", common=True)

@@ -25,4 +25,6 @@ class LoggingOptions:
         None, "Console log level (default INFO)", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     console_log_file: str | None = opt(None, "Log to this file instead of stderr")
     console_log_simple: bool = flag("Plain log format")
-    debug: bool = flag("sd-train: show full tracebacks of errors")  # sd-train: not a kohya flag
+    quiet: bool = flag("No per-epoch, per-file and ETA lines (the plan, warnings and the end summary still print)",
+                       ours=True)
+    debug: bool = flag("Show full tracebacks of errors", ours=True)

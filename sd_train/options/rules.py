@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 from library.errors import UserError
 from sd_train.options import TrainOptions
+from sd_train.options import pivotal
+from sd_train.options.workflow import workflow_rules
 
 
 def normalize(values: dict[str, Any], entry: str) -> list[str]:
@@ -28,7 +30,7 @@ def normalize(values: dict[str, Any], entry: str) -> list[str]:
             ``--optimizer_type``.
     """
     notes: list[str] = []
-    if values.get("caption_extention"):  # kohya-compat: old misspelling wins when set
+    if values.get("caption_extention") is not None:  # kohya-compat: the old misspelling wins when given
         values["caption_extension"] = values["caption_extention"]
     for alias, name in (("use_8bit_adam", "AdamW8bit"), ("use_lion_optimizer", "Lion")):  # kohya-compat
         if not values.get(alias):
@@ -44,6 +46,7 @@ def normalize(values: dict[str, Any], entry: str) -> list[str]:
         if values.get(name) is not None and values[name] <= 0:
             notes.append(f"--{name} {values[name]} <= 0: sampling at that interval is disabled")
             values[name] = None
+    pivotal.normalize(values, entry)
     return notes
 
 
@@ -90,8 +93,6 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
          "--v_pred_like_loss cannot be used with --v_parameterization"),
         ("warning", lambda v, e: v["zero_terminal_snr"] and not v["v_parameterization"],
          "--zero_terminal_snr is meant for --v_parameterization models; training epsilon-prediction with it"),
-        ("error", lambda v, e: v["bucket_reso_steps"] % (32 if e == "sdxl" else 64) != 0,
-         "--bucket_reso_steps must be a multiple of 32 (SDXL) or 64 (SD1/SD2) with --enable_bucket / --resolution"),
         ("error", lambda v, e: v.get("cache_text_encoder_outputs") and not v["network_train_unet_only"],
          "--cache_text_encoder_outputs requires --network_train_unet_only"),
         ("error", lambda v, e: v.get("cache_text_encoder_outputs") and v["shuffle_caption"],
@@ -144,14 +145,23 @@ def _rules() -> list[tuple[str, Callable[[dict, str], bool], str]]:
         ("error", lambda v, e: (v["initial_epoch"] is not None and v["max_train_epochs"] is not None
                                 and v["initial_epoch"] > v["max_train_epochs"]),
          "--initial_epoch must not exceed --max_train_epochs"),
-        ("error", lambda v, e: e == "sdxl" and v["v2"],
+        ("error", lambda v, e: v["v2"] and not _family(v, e).spec.v2,
          "--v2 is for SD 2.x models; sdxl_train_network.py trains SDXL (use train_network.py --v2)"),
         ("error", lambda v, e: (v["base_weights_multiplier"] is not None
                                 and len(v["base_weights_multiplier"]) != len(v["base_weights"] or [])),
          "--base_weights_multiplier must have one value per --base_weights file"),
-        ("warning", lambda v, e: e == "sdxl" and v["clip_skip"] is not None,
+        ("warning", lambda v, e: not _family(v, e).uses_clip_skip and v["clip_skip"] is not None,
          "--clip_skip is ignored for SDXL (sdxl_train_network.py always uses the penultimate layer)"),
+        *pivotal.rules(),
+        *workflow_rules(),
     ]
+
+
+def _family(values: dict[str, Any], entry: str):
+    """The family the run would train (no models loaded): the entry's family class with ``--v2``."""
+    from sd_train.families import family_class
+
+    return family_class(entry)(v2=values["v2"])
 
 
 def rule_messages() -> list[tuple[str, str]]:

@@ -27,6 +27,11 @@ class SavingOptions:
     save_state: bool = flag("Save resumable state with every model save and at the end")
     save_state_on_train_end: bool = flag("Save resumable state at the end only")
     resume: str | None = opt(None, "State folder to resume from")
+    no_save_on_interrupt: bool = flag(
+        "On Ctrl-C/SIGTERM exit without writing the -interrupted LoRA and state folder", ours=True)
+    fallback_output_dir: str | None = opt(
+        None, "Folder for a LoRA or state that cannot be written to --output_dir (a full disk, say)", ours=True)
+    force: bool = flag("Start even when the disk pre-flight finds too little free space", ours=True)
     no_metadata: bool = flag("Write only the minimum metadata")
     training_comment: str | None = opt(None, "Free text stored in ss_training_comment")
     metadata_title: str | None = opt(None, "modelspec.title (default: --output_name)")

@@ -40,8 +40,12 @@ class TrainingOptions:
     zero3_init_flag: bool = flag("DeepSpeed ZeRO-3 init (not supported)")
     zero3_save_16bit_model: bool = flag("DeepSpeed ZeRO-3 16-bit save (not supported)")
     fp16_master_weights_and_gradients: bool = flag("DeepSpeed fp16 master weights (not supported)")
-    config_file: str | None = opt(None, "Training TOML whose keys are these options ('.toml' is appended)")
-    output_config: bool = flag("Write the non-default options to --config_file and exit")
+    config_file: str | None = opt(None, "Training TOML or JSON (or kohya_ss GUI preset) whose keys are these "
+                                  "options ('.toml' is appended without a .toml/.json suffix)")
+    output_config: bool = flag("Write the non-default options to --config_file (.json: JSON) and exit")
+    config_skip: str | None = opt(None, "Comma-separated keys of --config_file to ignore", ours=True)
+    dry_run: bool = flag("Print the dataset report and the run plan, run the checks that need no model, then exit 0 "
+                         "without loading any model", ours=True)
     noise_offset: float | None = opt(None, "Noise offset strength (about 0.1)", type=float, common=True)
     noise_offset_random_strength: bool = flag("Scale the noise offset by U(0,1) each step")
     adaptive_noise_scale: float | None = opt(
@@ -62,5 +66,11 @@ class TrainingOptions:
         "Scale the v-loss like the epsilon loss (needs --v_parameterization)")
     v_pred_like_loss: float | None = opt(None, "Add a v-prediction-like loss term with this weight", type=float)
     debiased_estimation_loss: bool = flag("Debiased-estimation loss weighting")
-    max_nan_steps: int = opt(10, "sd-train: stop after N consecutive optimizer steps skipped for a non-finite "
-                             "loss or gradient", type=int)  # sd-train: not a kohya flag
+    max_nan_steps: int = opt(10, "Stop after N consecutive optimizer steps skipped for a non-finite loss or "
+                             "gradient", type=int, ours=True)
+    stop_text_encoder_training: int | None = opt(
+        None, "Freeze the text-encoder network after N optimizer steps (kohya DreamBooth's flag)", type=int,
+        ours=True)
+    train_text_encoder_frac: float | None = opt(
+        None, "Freeze the text-encoder network after this fraction of the steps (0 < F <= 1)", type=float,
+        ours=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -67,3 +68,19 @@ def write_toml(tmp_path):
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def example_folders(tmp_path, make_folder):
+    """The image folders and metadata the ``dataset_configs/`` examples name, under ``tmp_path`` (their
+    relative paths resolve there)."""
+    make_folder("data/sks_dog", [(512, 512), (640, 480), (480, 640)], captions=["sks dog, grass"])
+    make_folder("data/dog_reg", [(512, 512)] * 4)
+    make_folder("data/portraits", [(832, 1216)] * 10, captions=["woman, smiling"] * 10)
+    make_folder("data/landscapes", [(1216, 832), (1344, 768)])
+    make_folder("data/anime", [(768, 768), (1024, 512)])
+    (tmp_path / "data" / "anime_meta.json").write_text(json.dumps({
+        "img00.png": {"caption": "a girl", "tags": "1girl, solo"},
+        "img01.png": {"tags": "landscape ||| sky, clouds"}}))
+    make_folder("data/sks_cat", [(512, 512), (1024, 768)])
+    return tmp_path

@@ -142,7 +142,8 @@ resolution = 512
   image_dir = "a"
   conditioning_data_dir = "m"
 """)
-    assert "unknown key 'conditioning_data_dir'" in _error(path)
+    assert _error(path).endswith("datasets[0].subsets[0]: conditioning_data_dir (mask images) needs masked_loss = "
+                                 "true in the training options; kohya rejects the key without it")
     plan = _plan(path, masked_loss=True)
     assert plan.datasets[0].kind == "CN"
 
@@ -179,7 +180,7 @@ def test_folder_convention(tmp_path, make_image):
 
 def test_folder_convention_image_folder_itself(tmp_path, make_image):
     make_image(tmp_path / "imgs" / "a.png")
-    with pytest.raises(UserError, match=r"no `N_name` subfolders found in .*did you mean its "
+    with pytest.raises(UserError, match=r"--train_data_dir .*imgs: no `N_name` subfolders found; did you mean its "
                                         r"parent\?"):
         build_plan(CliDefaults(train_data_dir=str(tmp_path / "imgs"), resolution="512"))
 

@@ -22,26 +22,13 @@ MINE = ["dreambooth_reg.toml", "sdxl_multi_aspect.toml", "finetune_metadata.toml
         "two_resolutions.toml"]
 
 
-def _populate(tmp_path, make_folder):
-    make_folder("data/sks_dog", [(512, 512), (640, 480), (480, 640)], captions=["sks dog, grass"])
-    make_folder("data/dog_reg", [(512, 512)] * 4)
-    make_folder("data/portraits", [(832, 1216)] * 10, captions=["woman, smiling"] * 10)
-    make_folder("data/landscapes", [(1216, 832), (1344, 768)])
-    make_folder("data/anime", [(768, 768), (1024, 512)])
-    (tmp_path / "data" / "anime_meta.json").write_text(json.dumps({
-        "img00.png": {"caption": "a girl", "tags": "1girl, solo"},
-        "img01.png": {"tags": "landscape ||| sky, clouds"}}))
-    make_folder("data/sks_cat", [(512, 512), (1024, 768)])
-
-
 def test_all_examples_present():
     names = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.toml"))}
     assert set(MINE) <= names
 
 
 @pytest.mark.parametrize("name", MINE)
-def test_example_loads_and_prepares(name, tmp_path, make_folder):
-    _populate(tmp_path, make_folder)
+def test_example_loads_and_prepares(name, tmp_path, example_folders):
     plan = build_plan(CliDefaults(dataset_config=os.path.join(ROOT, name)), base_dir=str(tmp_path))
     data = prepare(plan, seed=1, bucket_step_multiple=32 if "sdxl" in name else 64,
                    is_sdxl="sdxl" in name)
@@ -50,8 +37,7 @@ def test_example_loads_and_prepares(name, tmp_path, make_folder):
     assert set(fields) >= {"ss_datasets", "ss_tag_frequency", "ss_dataset_dirs"}
 
 
-def test_example_specifics(tmp_path, make_folder):
-    _populate(tmp_path, make_folder)
+def test_example_specifics(tmp_path, example_folders):
 
     def load(name):
         plan = build_plan(CliDefaults(dataset_config=os.path.join(ROOT, name)),

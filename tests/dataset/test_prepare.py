@@ -46,8 +46,9 @@ def test_prepass_reads_headers_only(tmp_path, make_folder, write_toml, monkeypat
 def test_bucket_settings_checks(tmp_path, make_folder, write_toml):
     make_folder("a", [(256, 256)])
     with pytest.raises(UserError, match=r"datasets\[0\]\.bucket_reso_steps = 32: must be a "
-                                        "multiple of 64"):
-        _prep(_toml(write_toml, tmp_path, "bucket_reso_steps = 32"))
+                                        "multiple of 64 for this model \\(kohya asserts it too\\); use 64"):
+        _prep(_toml(write_toml, tmp_path, "enable_bucket = true\nbucket_reso_steps = 32"))
+    _prep(_toml(write_toml, tmp_path, "bucket_reso_steps = 32"))  # kohya-compat: unread (and unchecked) without buckets
     data = _prep(_toml(write_toml, tmp_path, "enable_bucket = true\nmin_bucket_reso = 100\n"
                        "max_bucket_reso = 1000\nbucket_reso_steps = 32"), step=32)
     spec = data.train[0].spec

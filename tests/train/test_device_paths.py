@@ -18,6 +18,7 @@ from accelerate.scheduler import AcceleratedScheduler
 from library.models import sdxl_unet
 from sd_train import optim
 from sd_train.guard import NanGuard
+from sd_train.monitor import StepMonitor
 from sd_train.sdxl_train_network import main as sdxl_main
 from sd_train.trainer import Trainer
 
@@ -168,9 +169,11 @@ def _fp16_trainer(dtype=torch.float32, init_scale=2.0**16):
     opts = SimpleNamespace(optimizer=SimpleNamespace(max_grad_norm=1.0),
                            network=SimpleNamespace(scale_weight_norms=None))
     host = SimpleNamespace(get_trainable_params=lambda: [param])
+    narrator = SimpleNamespace(nan_skip=lambda step, report: acc.printed.append(f"skipped non-finite step {step}"))
     shell = SimpleNamespace(opts=opts, progress=SimpleNamespace(global_step=0), host=host, accelerator=acc,
                             optimizer=acc.optimizer, lr_scheduler=sched, guard=NanGuard(max_consecutive=2),
-                            _last_timesteps=torch.tensor([500]))
+                            _last_timesteps=torch.tensor([500]), monitor=StepMonitor(acc, ["unet"]),
+                            narrator=narrator)
     return shell, param, scaler
 
 

@@ -31,7 +31,8 @@ def test_sdxl_unet_only_files_and_metadata(assets, tmp_path):
     out = tmp_path / "out"
     assert sdxl_main(_args(assets, out, "--save_every_n_steps", "1", "--network_train_unet_only")) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["at-step00000001.safetensors", "last.safetensors", "last_dataset_report.json"]
+    assert names == ["at-step00000001.safetensors", "last.safetensors", "last_dataset_report.json",
+                     "last_report.html", "last_run.json"]
     tensors, meta = read_header(out / "last.safetensors")
     assert meta["ss_network_module"] == "networks.lora"
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
@@ -49,7 +50,8 @@ def test_sdxl_with_text_encoders_and_conv(assets, tmp_path):
     code = sdxl_main(_args(assets, out, "--max_train_steps", "1", "--output_name", "lora",
                            "--network_args", "conv_dim=4", "conv_alpha=1"))
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["lora.safetensors", "lora_dataset_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["lora.safetensors", "lora_dataset_report.json",
+                                                     "lora_report.html", "lora_run.json"]
     tensors, meta = read_header(out / "lora.safetensors")
     prefixes = {k.split("_")[1] for k in tensors}
     assert prefixes == {"te1", "te2", "unet"}
@@ -140,7 +142,8 @@ def test_epoch_checkpoints_and_step_pruning(assets, tmp_path):
                  "--save_every_n_epochs", "1", "--save_every_n_steps", "2", "--save_last_n_steps", "1")
     assert sdxl_main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "at-step00000006.safetensors", "epoch-000001.safetensors", "last.safetensors", "last_dataset_report.json"]
+        "at-step00000006.safetensors", "epoch-000001.safetensors", "last.safetensors", "last_dataset_report.json",
+        "last_report.html", "last_run.json"]
     meta = read_header(out / "epoch-000001.safetensors")[1]
     assert (meta["ss_epoch"], meta["ss_steps"]) == ("1", "4")
     meta = read_header(out / "last.safetensors")[1]

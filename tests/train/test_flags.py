@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from sd_train.cli import build_parser
 from sd_train.compat import unsupported_table
-from sd_train.options import option_fields
+from sd_train.options import PivotalOptions, option_fields
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-OURS = {"debug", "max_nan_steps"}  # sd-train's own flags
+OURS = {f.name for _, f in option_fields("sdxl") if f.metadata["ours"]}  # sd-train's own flags
 
 
 def _kohya(entry: str) -> set[str]:
@@ -32,6 +33,20 @@ def test_parser_union_compat_equals_kohya(entry, count):
     compat = {row.flag for row in unsupported_table()}
     assert (_parser_flags(entry) - OURS) | compat == kohya
     assert compat <= _kohya("sdxl")
+
+
+@pytest.mark.parametrize("entry, kohya_list, count", [("sd_ti", "ti_sd", 169), ("sdxl_ti", "ti_sdxl", 170)])
+def test_textual_inversion_takes_every_kohya_flag(entry, kohya_list, count):
+    """kohya's textual-inversion flags (its parser: the shared groups without caption dropout and weighted
+    captions, plus its own); sd-train's also take the shared flags kohya reserves for train_network.py."""
+    kohya = _kohya(kohya_list)
+    assert len(kohya) == count
+    ours = _parser_flags(entry) | {row.flag for row in unsupported_table()}
+    assert kohya <= ours
+    assert not ours & ({f.name for f in dataclasses.fields(PivotalOptions)} | {"network_module", "network_dim"})
+    parser = build_parser(entry)
+    assert parser.get_default("save_model_as") == "pt"  # kohya's textual-inversion default
+    assert parser.prog == ("sdxl_" if entry == "sdxl_ti" else "") + "train_textual_inversion.py"
 
 
 def test_sdxl_only_flags():

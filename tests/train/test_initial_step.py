@@ -101,5 +101,9 @@ def test_state_of_another_network_shape_is_a_user_error(assets, tmp_path, capsys
     first = tmp_path / "first"
     assert sdxl_main(_args(assets, first, "--max_train_steps", "1", "--save_state")) == 0
     code = sdxl_main(_args(assets, tmp_path / "out", "--resume", str(first / "last-state"), "--network_dim", "8"))
+    err = capsys.readouterr().err.strip().splitlines()  # the resume policy, before models load
+    assert code == 2 and "change the data order or the network: network_dim 4 → 8" in err[-1]
+    code = sdxl_main(_args(assets, tmp_path / "out", "--resume", str(first / "last-state"), "--network_dim", "8",
+                           "--initial_step", "0"))  # forced past the policy: the weights are checked when loaded
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "do not fit this network" in err[-1] and "Traceback" not in "\n".join(err)

@@ -76,7 +76,7 @@ def test_only_rank_zero_writes_files(launched):
     out, _ = launched
     assert sorted(p.name for p in out.iterdir()) == [
         "at-step00000001-state", "at-step00000001.safetensors", "last-state", "last.safetensors",
-        "last_dataset_report.json"]
+        "last_dataset_report.json", "last_report.html", "last_run.json"]
     assert sorted(p.name for p in (out / "last-state").iterdir()) == [
         "model.safetensors", "optimizer.bin", "scheduler.bin", "sd_train_resume.pt", "sd_train_resume_1.pt",
         "train_state.json"]  # no random_states_*.pkl: nothing pickled; one RNG record per process

@@ -75,7 +75,10 @@ def test_schedulefree_is_in_train_mode_with_noop_scheduler():
     assert opt.param_groups[0]["lr"] == LR
 
 
-def test_missing_package_names_pip_package():
+def test_missing_package_names_pip_package(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # absent, also on GPU machines that have it
     with pytest.raises(UserError, match="pip install bitsandbytes"):
         build_optimizer(_params(), "AdamW8bit", LR, None)
 

@@ -8,7 +8,7 @@ import pytest
 
 from library.errors import UserError
 from sd_train.compat import check_unsupported
-from sd_train.options import TrainOptions
+from sd_train.options import TrainOptions, option_fields
 from sd_train.options.base import int_or_ratio, parse_resolution, resolve_step_count
 from sd_train.options.rules import normalize, rule_messages, validate
 
@@ -18,7 +18,8 @@ def test_namespace_is_flat_with_kohya_names():
     assert isinstance(ns, argparse.Namespace)
     assert ns.network_dim == 8 and ns.network_args == ["conv_dim=4"]
     assert ns.network_alpha == 1 and ns.caption_extension == ".caption" and ns.max_train_steps == 1600
-    assert len(vars(ns)) == 198  # kohya's 196 SDXL flags + --debug and --max_nan_steps (ours)
+    # kohya's 196 SDXL flags + ours (sd-train additions) + kohya's 6 textual-inversion flags
+    assert len(vars(ns)) == 196 + len({f.name for _, f in option_fields() if f.metadata["ours"]}) + 6
 
 
 def test_options_are_frozen_and_unknown_names_rejected():
@@ -73,7 +74,6 @@ ERRORS = [
     (dict(scale_v_pred_loss_like_noise_pred=True), "requires --v_parameterization"),
     (dict(v_pred_like_loss=0.1, v_parameterization=True),
      "--v_pred_like_loss cannot be used with --v_parameterization"),
-    (dict(bucket_reso_steps=48), "--bucket_reso_steps must be a multiple of 32"),
     (dict(cache_text_encoder_outputs=True), "--cache_text_encoder_outputs requires --network_train_unet_only"),
     (dict(cache_text_encoder_outputs_to_disk=True), "--cache_text_encoder_outputs requires --network_train_unet_only"),
     (dict(cache_text_encoder_outputs=True, network_train_unet_only=True, shuffle_caption=True), "--shuffle_caption"),
@@ -104,6 +104,13 @@ ERRORS = [
     (dict(torch_compile=True, dynamo_backend="no"), "--torch_compile with --dynamo_backend no compiles nothing"),
     (dict(base_weights=["a"], base_weights_multiplier=[1.0, 2.0]), "--base_weights_multiplier"),
     (dict(use_8bit_adam=True, optimizer_type="Lion"), "--use_8bit_adam and --optimizer_type Lion"),
+    (dict(ema=True, ema_decay=1.5), "--ema_decay must be between 0 and 1"),
+    (dict(ema=True, ema_update_every=0), "--ema_update_every must be at least 1"),
+    (dict(stop_text_encoder_training=5, train_text_encoder_frac=0.5), "are both set; keep one"),
+    (dict(stop_text_encoder_training=-1), "--stop_text_encoder_training must be at least 1 (to train no text"),
+    (dict(train_text_encoder_frac=0.0), "--train_text_encoder_frac must be in (0, 1]"),
+    (dict(train_text_encoder_frac=1.5), "--train_text_encoder_frac must be in (0, 1]"),
+    (dict(train_text_encoder_frac=0.5, network_train_text_encoder_only=True), "would leave nothing to train"),
 ]
 
 
@@ -116,13 +123,15 @@ def test_error_rules(changes, fragment):
 def test_edge_values_that_are_valid():
     assert _validate(min_timestep=500, max_timestep=500, network_dim=1, max_grad_norm=0.0, network_dropout=0.0) == []
     assert _validate(min_timestep=0, max_timestep=1000, learning_rate=0.0, text_encoder_lr=[0.0, 1e-5]) == []
+    assert _validate(ema=True, ema_decay=0.0, train_text_encoder_frac=1.0) == []
+    assert _validate(ema=True, ema_decay=1.0, stop_text_encoder_training=1) == []
 
 
-def test_sd_bucket_steps_need_64_and_v2_ok():
-    with pytest.raises(UserError, match="multiple of 32 \\(SDXL\\) or 64"):
-        _validate("sd", bucket_reso_steps=32)
-    assert _validate("sd", v2=True, bucket_reso_steps=128) == []
-    assert _validate("sdxl", bucket_reso_steps=32) == []
+def test_bucket_steps_are_checked_per_dataset_not_as_a_flag():
+    """kohya checks the step multiple on each bucketed DreamBooth / fine-tuning dataset (after the dataset TOML
+    has overridden the flag), never on the flag itself: tests/dataset/test_prepare.py covers the check."""
+    assert _validate("sd", bucket_reso_steps=32) == []
+    assert _validate("sdxl", bucket_reso_steps=48) == []
 
 
 @pytest.mark.parametrize("changes, fragment", [
@@ -135,6 +144,8 @@ def test_sd_bucket_steps_need_64_and_v2_ok():
     (dict(clip_skip=2), "--clip_skip is ignored for SDXL"),
     (dict(full_fp16=True, mixed_precision="fp16"), "--full_fp16 with AdamW: fp16 rounds its eps"),
     (dict(full_fp16=True, mixed_precision="fp16", optimizer_type="adamw"), "prefer --optimizer_type AdamW8bit"),
+    (dict(ema_decay=0.99), "--ema_* options have no effect without --ema"),
+    (dict(stop_text_encoder_training=5, network_train_unet_only=True), "the text encoder is not trained"),
 ])
 def test_warning_rules(changes, fragment):
     notes = _validate(**changes)
@@ -146,10 +157,13 @@ def test_full_fp16_with_other_optimizers_does_not_warn():
 
 
 def test_every_rule_has_a_test():
-    messages = [m for _, m in rule_messages()]
+    from sd_train.options import pivotal
+
+    own_tests = {m for _, _, m in pivotal.rules()}  # tests/train/test_pivotal_options.py covers these
+    messages = [m for _, m in rule_messages() if m not in own_tests]
     fragments = [f for _, f in ERRORS] + [
         "--zero_terminal_snr", "--enable_wildcard", "--caption_dropout_every_n_epochs", "--clip_skip", "multiple of 32",
-        "--fp8_base", "--full_fp16 with AdamW"]
+        "--fp8_base", "--full_fp16 with AdamW", "--ema_* options", "the text encoder is not trained"]
     for message in messages:
         assert any(f in message for f in fragments), message
 
