@@ -1,8 +1,8 @@
 """The toy world: rebuild its tiny base models from scratch, or write the held-out concept's LoRA dataset.
 
-``models``: trains one tiny VAE, then a tiny SDXL (and SD1.5) UNet with its text encoders on 64 px
-pictures of circles, squares and triangles in red, blue and yellow on white or black, never green.
-The checkpoints are real single files with the tiny architectures of ``make_tiny_model`` (same key
+``models``: trains one tiny VAE, then a tiny SDXL (``--families``: also SD1.5, SD2) UNet with its text
+encoders on 64 px pictures of circles, squares and triangles in red, blue and yellow on white or black,
+never green. The checkpoints are real single files with the tiny architectures of ``make_tiny_model`` (same key
 layouts), stored in fp16, and listed with their sha256 in ``OUT_DIR/README.md``. The committed copies
 live in ``assets/toy/``; tests and the quickstart only read them.
 
@@ -10,7 +10,7 @@ live in ``assets/toy/``; tests and the quickstart only read them.
 into ``OUT_DIR/10_sks/`` and a dataset TOML, to teach the held-out colour with a LoRA.
 
 Usage:
-  ``python -m tools.make_toy_world models assets/toy [--families sdxl sd15] [--seed 0]``
+  ``python -m tools.make_toy_world models assets/toy [--families sdxl] [--seed 0]``
   ``python -m tools.make_toy_world dataset OUT_DIR [--images 12] [--seed 0]``
 """
 
@@ -26,17 +26,24 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping OpenMP waits: on
 import torch  # noqa: E402  # made the 2-thread rebuild 6x slower (same numbers either way)
 
 from library.errors import UserError, run_cli  # noqa: E402
-from library.toyworld.dataset import CONCEPT_DIR, make_concept_dataset
+from library.models.families import TINY_ARCHS  # noqa: E402
+from library.toyworld import asset_path  # noqa: E402
+from library.toyworld.dataset import CONCEPT_DIR, make_concept_dataset  # noqa: E402
 
-FAMILIES = ("sdxl", "sd15")
 DEFAULTS = {"seed": 0, "vae_steps": 2000, "unet_steps": 3000, "threads": 2}
 
 
-def toy_families(names) -> list[tuple[str, str, dict, dict]]:
-    """``(name, family, configs, extras)`` per requested family, with ``make_tiny_model``'s tiny configs."""
+def toy_families(archs) -> list[tuple[str, object, dict, dict]]:
+    """``(arch, family spec, configs, extras)`` per requested ``make_tiny_model`` arch, with its tiny
+    configs and single-file extras."""
     from tools.make_tiny_model import checkpoint_extras, tiny_configs
 
-    return [(name, *tiny_configs(name), checkpoint_extras(tiny_configs(name)[0])) for name in names]
+    return [(arch, TINY_ARCHS[arch], tiny_configs(arch)[1], checkpoint_extras(TINY_ARCHS[arch].name)) for arch in archs]
+
+
+def committed_archs() -> list[str]:
+    """The architectures whose toy checkpoint is committed in ``assets/toy/``."""
+    return [arch for arch in TINY_ARCHS if asset_path(arch).is_file()]
 
 
 def sha256(path: Path) -> str:
@@ -73,9 +80,10 @@ models never see it, so a LoRA can be seen and tested to teach it (trigger word 
 
 Each file is a real single-file checkpoint (LDM/SGM key layout, configs in the `sd_train.model_config`
 metadata) with exactly the keys and shapes of the tiny models of `tools/make_tiny_model.py`, stored in
-fp16; the UNets use 8 GroupNorm groups (the tiny SDXL default of 32 trained about twice as slowly). The VAE
-was trained on every palette colour, green included (a real VAE can draw anything); both families share it.
-The text encoders were trained with the UNet. Sample the models at 64×64 with Euler, about 20 steps, CFG 3.
+fp16 (the SDXL file's two 49408-row token tables alone are 6.3 MB); the UNets use 8 GroupNorm groups (the
+tiny SDXL default of 32 trained about twice as slowly). The VAE was trained on every palette colour, green
+included (a real VAE can draw anything); every family built shares it. The text encoders were trained with
+the UNet. Sample the models at 64×64 with Euler, about 20 steps, CFG 3.
 
 Made with (seed {seed}, torch {torch}, {threads} threads; the same command, torch version and thread
 count give the same bytes):
@@ -100,7 +108,8 @@ def setup_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="train the toy base checkpoints from scratch (CPU, about 20 minutes)")
     models.add_argument("out_dir", help="output folder (the committed copies are in assets/toy)")
-    models.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="which checkpoints")
+    models.add_argument("--families", nargs="+", choices=list(TINY_ARCHS), default=committed_archs(),
+                        help="which tiny architectures (make_tiny_model --arch names); default: those committed")
     models.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of weights, pictures and noise")
     models.add_argument("--vae_steps", type=int, default=DEFAULTS["vae_steps"], help="VAE training steps")
     models.add_argument("--unet_steps", type=int, default=DEFAULTS["unet_steps"], help="UNet training steps per family")

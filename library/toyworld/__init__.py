@@ -1,7 +1,7 @@
 """The toy world: a synthetic picture world (shapes in a few colours) and the tiny base models trained on it
 from scratch, so that a LoRA can be seen and tested to teach something new (``tools/make_toy_world.py``).
 
-May import: ``library.errors``, ``library.models``, ``library.text``, ``library.checkpoint``.
+May import: ``library.models``, ``library.checkpoint``, ``library.text``.
 """
 
 from __future__ import annotations

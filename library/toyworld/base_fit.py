@@ -1,16 +1,13 @@
 """Train a tiny UNet and its text encoder(s) from scratch on the toy world's latents (epsilon objective).
 
-The conditioning is exactly the trainer's (TRAINING.md §3): SD1 feeds the text encoder's
-``last_hidden_state``; SDXL concatenates both encoders' ``hidden_states[-2]`` and feeds TE2's projected
-pooled output and the size embeddings as ``y``. So a LoRA trained later by sd-train meets the same
-inputs the base learned from. Captions are dropped 10% of the time (classifier-free guidance).
+The conditioning is the trainer's (:mod:`library.toyworld.conditioning`), so a LoRA trained later by
+sd-train meets the same inputs the base learned from. Captions are dropped 10% of the time (classifier-free guidance).
 """
 
 from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -20,47 +17,6 @@ from library.toyworld.vae_fit import lr_at
 
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
-_SIZE_IDS = (64.0, 64.0, 0.0, 0.0, 64.0, 64.0)  # original h, w, crop top, left, target h, w of a 64 px image
-
-
-def _sdxl_cond(tes, tokenizers, captions: Sequence[str]):
-    from library.text.conditioning import encode_sdxl
-
-    ids = [tok.tokenize(list(captions))[:, None] for tok in tokenizers]
-    h1, h2, pooled = encode_sdxl(tes, ids)
-    return torch.cat([h1, h2], dim=2), pooled
-
-
-def _sd_cond(tes, tokenizers, captions: Sequence[str]):
-    return tes[0](tokenizers[0].tokenize(list(captions))).last_hidden_state, None
-
-
-def _sdxl_predict(unet, x_t, t, context, pooled):
-    from library.models.sdxl_unet import size_embedding
-
-    ids = torch.tensor([_SIZE_IDS] * x_t.shape[0])
-    y = torch.cat([pooled, size_embedding(ids, unet.config.size_embed_dim)], dim=1)
-    return unet(x_t, t, context, y)
-
-
-def _sd_predict(unet, x_t, t, context, pooled):
-    return unet(x_t, t, encoder_hidden_states=context).sample
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one family conditions its UNet: tokenizer kinds, caption encoder, UNet call, latent scale."""
-
-    tokenizers: tuple[str, ...]
-    encode: Callable
-    predict: Callable
-    latent_scale: float
-
-
-RECIPES = {  # keyed by checkpoint family
-    "sdxl": Recipe(("clip_l", "openclip_bigg"), _sdxl_cond, _sdxl_predict, 0.13025),
-    "sd1": Recipe(("clip_l",), _sd_cond, _sd_predict, 0.18215),
-}
 
 
 def alphas_cumprod() -> torch.Tensor:
@@ -90,26 +46,27 @@ class Ema:
             live.load_state_dict(avg.state_dict())
 
 
-def train_base(family: str, unet, text_encoders: Sequence, data: Sequence[tuple[str, torch.Tensor]], steps: int,
+def train_base(spec, unet, text_encoders: Sequence, data: Sequence[tuple[str, torch.Tensor]], steps: int,
                seed: int, batch_size: int = 32, lr: float = 1e-3, ema_decay: float = 0.998,
                log: Callable[[str], None] = print) -> None:
     """Train ``unet`` and ``text_encoders`` in place on ``(caption, unscaled latent (4, 8, 8))`` pairs.
+
+    ``spec`` is the family's :class:`library.models.families.FamilySpec` (conditioning, latent scale).
 
     Each step draws ``batch_size`` pairs, replaces 10% of the captions with ``""``, adds noise at a uniform
     timestep and regresses the noise with min-SNR-5 weights. Unique captions are encoded once per step.
     The returned modules hold the EMA weights.
     """
-    from library.text.conditioning import load_tokenizer
+    from library.toyworld.conditioning import Conditioner
 
-    recipe = RECIPES[family]
-    tokenizers = [load_tokenizer(kind, None) for kind in recipe.tokenizers]
+    cond = Conditioner(spec)
     modules = [unet, *text_encoders]
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     ema, acp = Ema(modules, ema_decay), alphas_cumprod()
     snr = acp / (1 - acp)
     gen, rng = torch.Generator().manual_seed(seed), random.Random(seed)
-    latents = torch.stack([z for _, z in data]) * recipe.latent_scale
+    latents = torch.stack([z for _, z in data]) * spec.vae_scale
     for m in modules:
         m.train()
     for step in range(steps):
@@ -118,13 +75,13 @@ def train_base(family: str, unet, text_encoders: Sequence, data: Sequence[tuple[
         index = torch.randint(0, len(data), (batch_size,), generator=gen)
         captions = ["" if rng.random() < CAPTION_DROPOUT else data[i][0] for i in index.tolist()]
         unique = sorted(set(captions))
-        context, pooled = recipe.encode(text_encoders, tokenizers, unique)
+        context, pooled = cond.encode(text_encoders, unique)
         rows = torch.tensor([unique.index(c) for c in captions])
         x0, eps = latents[index], torch.randn(batch_size, *latents.shape[1:], generator=gen)
         t = torch.randint(0, 1000, (batch_size,), generator=gen)
         a = acp[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-        pred = recipe.predict(unet, x_t, t, context[rows], None if pooled is None else pooled[rows])
+        pred = cond.predict(unet, x_t, t, context[rows], None if pooled is None else pooled[rows])
         weight = torch.clamp(snr[t], max=MIN_SNR_GAMMA) / snr[t]
         loss = (F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         opt.zero_grad(set_to_none=True)
@@ -133,7 +90,7 @@ def train_base(family: str, unet, text_encoders: Sequence, data: Sequence[tuple[
         opt.step()
         ema.update()
         if step % 200 == 0 or step == steps - 1:
-            log(f"{family} step {step}/{steps} loss {loss.item():.4f}")
+            log(f"{spec.name} step {step}/{steps} loss {loss.item():.4f}")
     ema.copy_to_modules()
     for m in modules:
         m.eval()

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from library.models.families import FamilySpec
 from library.toyworld import base_fit, vae_fit, world
 
 VARIANTS_PER_KIND = 48  # jittered pictures per (shape, colour, background): 18 kinds -> 864 latents
@@ -57,29 +58,27 @@ def init_text_encoder(te: torch.nn.Module, gen: torch.Generator) -> None:
         emb.position_embedding.weight.normal_(0.0, 0.01, generator=gen)
 
 
-def build_family(family: str, configs: dict, vae, data, steps: int, seed: int, extras: dict | None = None,
+def build_family(spec, configs: dict, vae, data, steps: int, seed: int, extras: dict | None = None,
                  log: Callable[[str], None] = print):
-    """Seed, build and train the UNet and text encoders of ``family`` on ``data``; returns ``LoadedModels``."""
+    """Seed, build and train the UNet and text encoders of the family ``spec`` (a
+    :class:`library.models.families.FamilySpec`) on ``data``; returns ``LoadedModels``."""
     from library.checkpoint.io import LoadedModels
-    from library.models.sd_unet import build_sd_unet
-    from library.models.sdxl_unet import SdxlUNet
     from library.models.text_encoders import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    unet_cfg = configs["unet"]
-    unet = build_sd_unet(unet_cfg) if isinstance(unet_cfg, dict) else SdxlUNet(unet_cfg)
+    unet = spec.build_unet(configs["unet"])
     tes = [(CLIPTextModelWithProjection if c.projection_dim else CLIPTextModel)(c) for c in configs["text_encoders"]]
     for te in tes:
         init_text_encoder(te, gen)
-    base_fit.train_base(family, unet, tes, data, steps, seed, log=log)
-    return LoadedModels(family, unet, tes, vae, configs, dict(extras or {}), None)
+    base_fit.train_base(spec, unet, tes, data, steps, seed, log=log)
+    return LoadedModels(spec.name, unet, tes, vae, configs, dict(extras or {}), None)
 
 
-def build_all(out_dir: str | Path, families: Sequence[tuple[str, str, dict, dict]], seed: int, vae_steps: int,
+def build_all(out_dir: str | Path, families: Sequence[tuple[str, FamilySpec, dict, dict]], seed: int, vae_steps: int,
               unet_steps: int, variants: int = VARIANTS_PER_KIND,
               log: Callable[[str], None] = print) -> dict[str, dict]:
-    """Train the shared VAE, then each ``(name, family, configs, extras)`` model on ``variants`` pictures per
+    """Train the shared VAE, then each ``(name, family spec, configs, extras)`` model on ``variants`` pictures per
     kind; write ``out_dir/toy_<name>.safetensors`` in fp16. Returns ``{name: {"path", "seconds", "cpu_seconds"}}``
     plus ``"vae"``: its wall and CPU seconds and its reconstruction error."""
     from library.checkpoint.io import save_models
@@ -92,10 +91,10 @@ def build_all(out_dir: str | Path, families: Sequence[tuple[str, str, dict, dict
         p.requires_grad_(False)
     report: dict[str, dict] = {"vae": {**_since(start), "error": vae_fit.reconstruction_error(vae, seed + 2)}}
     data = world_latents(vae, seed, variants)
-    for name, family, configs, extras in families:
+    for name, spec, configs, extras in families:
         start = _clock()
         configs = {**configs, "unet": toy_unet_config(configs["unet"])}
-        models = build_family(family, configs, vae, data, unet_steps, seed, extras, log)
+        models = build_family(spec, configs, vae, data, unet_steps, seed, extras, log)
         path = out_dir / f"toy_{name}.safetensors"
         save_models(models, path, dtype=torch.float16)
         report[name] = {"path": path, **_since(start)}

@@ -13,17 +13,20 @@ sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: toyki
 
 @pytest.fixture(scope="session")
 def toy_lora(tmp_path_factory, worker_id) -> Path:
-    """The LoRA of :func:`sd_train.toy_lesson.train_concept_lora` (the quickstart's recipe), trained once."""
+    """The LoRA of :func:`sd_train.toy_lesson.train_concept_lora` (the quickstart's recipe), trained once, with
+    the checkpoint of step ``PIVOTAL_STEPS`` beside it (``toy_sks-step00000060.safetensors``)."""
     from filelock import FileLock
 
     from sd_train.toy_lesson import train_concept_lora
+    from toykit import PIVOTAL_STEPS
 
+    every = ["--save_every_n_steps", str(PIVOTAL_STEPS)]
     if worker_id == "master":  # no xdist: a private folder
-        return train_concept_lora(tmp_path_factory.mktemp("toy_lora"))
+        return train_concept_lora(tmp_path_factory.mktemp("toy_lora"), extra_flags=every)
     shared = tmp_path_factory.getbasetemp().parent / "toy_lora"  # the session's folder above the workers'
     with FileLock(str(shared) + ".lock"):
         path = shared / "toy_sks.safetensors"
-        return path if path.is_file() else train_concept_lora(shared)
+        return path if path.is_file() else train_concept_lora(shared, extra_flags=every)
 
 
 @pytest.fixture(scope="session")
