@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "learning"))
 
 OPTIMIZERS = {  # name -> (optimizer flags, learning rate)
-    "adamw": (["--optimizer_type", "AdamW"], "3e-3"),
+    "adamw": (["--optimizer_type", "AdamW"], "5e-3"),
     "prodigy": (["--optimizer_type", "Prodigy", "--optimizer_args", "weight_decay=0.0"], "1.0"),
-    "lion": (["--optimizer_type", "Lion"], "3e-4"),
+    "lion": (["--optimizer_type", "Lion"], "5e-4"),
 }
 RANKS = (4, 16)
 WEIGHTINGS = {"plain": ["--min_snr_gamma", "0"], "min-snr": ["--min_snr_gamma", "5"]}  # 0: off (kohya)

@@ -22,7 +22,7 @@ STEPS = 160  # LoRA optimizer steps of the quickstart and the learning tests
 # Min-SNR (γ 5) steadies the lesson on this world: without it the green share swings between checkpoints 20
 # steps apart (benchmarks/README.md, "Convergence on the toy world").
 TRAIN_FLAGS = ("--network_module", "networks.lora", "--network_dim", "4", "--network_alpha", "4",
-               "--learning_rate", "3e-3", "--optimizer_type", "AdamW", "--min_snr_gamma", "5", "--seed", "42",
+               "--learning_rate", "5e-3", "--optimizer_type", "AdamW", "--min_snr_gamma", "5", "--seed", "42",
                "--cache_latents", "--max_data_loader_n_workers", "0", "--save_model_as", "safetensors")
 
 

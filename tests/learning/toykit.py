@@ -15,8 +15,9 @@ HALF_RANK_RETAINED = 0.8  # resize_lora to rank 2 keeps at least this share of t
 MERGE_MEAN_LEVELS = 0.5  # merged checkpoint vs LoRA applied: mean absolute difference per image, 0-255
 PIVOTAL_STEPS = 60  # pivotal tuning is taught by then; the plain LoRA is not
 PIVOTAL_TOKENS = ["<s0>", "<s1>"]  # what --token_abstraction sks --num_new_tokens_per_abstraction 2 adds
+# The new tokens start from "blue" (a colour word the base knows) and train for the whole run.
 PIVOTAL_FLAGS = ("--train_text_encoder_ti", "--token_abstraction", world.TRIGGER, "--num_new_tokens_per_abstraction",
-                 "2", "--ti_lr", "1e-2")
+                 "2", "--initializer_concept", "blue", "--ti_lr", "1e-2", "--train_text_encoder_ti_frac", "1")
 
 
 def failures(lesson) -> list[str]:
