@@ -6,7 +6,7 @@ quickstart writes a dataset of green shapes captioned with the trigger word ``sk
 white background``) to ``output/quickstart/dataset/``, trains ``quickstart_lora.safetensors`` on it through
 the real SDXL entry point (with its run report ``quickstart_lora_report.html``: loss and LR curves, sample
 grid), then renders the same seeds without and with the LoRA, for the trigger prompt and a control prompt,
-to ``output/quickstart/before_after.png``. Takes about 2 minutes on 2 cores.
+to ``output/quickstart/before_after.png``. Takes about a minute on 2 cores.
 """
 
 from __future__ import annotations
