@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT / "tests" / "learning"))
 
 OPTIMIZERS = {  # name -> (optimizer flags, learning rate)
     "adamw": (["--optimizer_type", "AdamW"], "5e-3"),
-    "prodigy": (["--optimizer_type", "Prodigy", "--optimizer_args", "weight_decay=0.0"], "1.0"),
-    "lion": (["--optimizer_type", "Lion"], "5e-4"),
+    "prodigy": (["--optimizer_type", "Prodigy", "--optimizer_args", "weight_decay=0.0", "safeguard_warmup=True",
+                 "use_bias_correction=True"], "1.0"),
+    "lion": (["--optimizer_type", "Lion"], "1e-3"),
 }
 RANKS = (4, 16)
 WEIGHTINGS = {"plain": ["--min_snr_gamma", "0"], "min-snr": ["--min_snr_gamma", "5"]}  # 0: off (kohya)
