@@ -27,6 +27,12 @@ def tiny_configs(arch: str) -> tuple[str, dict]:
     return TINY_ARCHS[arch].name, TINY_ARCHS[arch].tiny_configs()
 
 
+def checkpoint_extras(family: str) -> dict:
+    """Kept-aside tensors a single file of ``family`` carries besides the models (SDXL's CLIP ``logit_scale``)."""
+    return {s.checkpoint_prefix + "logit_scale": torch.tensor(4.6052)
+            for s in family_spec(family).text_encoders if s.keeps_logit_scale}
+
+
 def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
     """Give every tensor small seeded random values (default inits leave zeros and ones)."""
     with torch.no_grad():
@@ -58,9 +64,7 @@ def make_tiny_checkpoint(arch: str, path: str | Path, seed: int = 0) -> Path:
     gen = torch.Generator().manual_seed(seed)
     for m in (unet, *tes, vae):
         _randomize(m, gen)
-    extras = {s.checkpoint_prefix + "logit_scale": torch.tensor(4.6052)
-              for s in spec.text_encoders if s.keeps_logit_scale}
-    save_models(LoadedModels(family, unet, tes, vae, configs, extras, None), path)
+    save_models(LoadedModels(family, unet, tes, vae, configs, checkpoint_extras(family), None), path)
     return Path(path)
 
 

@@ -58,12 +58,14 @@ def te_config_from_transformers(cfg: dict):
     return c
 
 
-def load_diffusers_folder(root: Path, *, expected_family=None, v2=False, dtype=torch.float32, device="cpu"):
-    """Load ``root`` (a diffusers pipeline folder) as :class:`library.checkpoint.io.LoadedModels`."""
+def load_diffusers_folder(root: Path, *, expected_family=None, v2=False, dtype=torch.float32, device="cpu",
+                          script_attr: str = "trainer_script"):
+    """Load ``root`` (a diffusers pipeline folder) as :class:`library.checkpoint.io.LoadedModels`
+    (``expected_family``, ``v2``, ``script_attr``: see :func:`library.models.families.check_fits`)."""
     from safetensors import safe_open
 
     family = folder_family(root)
-    check_fits(family, expected_family, v2, str(root))
+    check_fits(family, expected_family, v2, str(root), script_attr)
     spec = family_spec(family)
     ucfg = _read_config(root / "unet")
     te_dirs = [slot.diffusers_folder for slot in spec.text_encoders]

@@ -130,13 +130,13 @@ def _finish(mods: dict, states: dict, unknown: list, where: str) -> None:
 
 def load_models(path: str | os.PathLike, *, expected_family: str | None = None, v2: bool = False,
                 dtype: torch.dtype = torch.float32, device="cpu", vae_path=None, mmap: bool = True,
-                unet_dtype: torch.dtype | None = None) -> LoadedModels:
+                unet_dtype: torch.dtype | None = None, script_attr: str = "trainer_script") -> LoadedModels:
     """Load UNet, text encoders and VAE from a single file or a diffusers folder.
 
     Args:
         path: ``.safetensors``, ``.ckpt``/``.pt`` or a diffusers folder.
         expected_family: ``None``, ``"sdxl"`` or ``"sd"``/``"sd1"``/``"sd2"``; a mismatch is a UserError
-            naming the right script (or ``--v2``).
+            naming the right script (or ``--v2``): the ``script_attr`` field of its family spec.
         v2: The user passed ``--v2``.
         dtype, device: Floating-point dtype and device of every weight.
         vae_path: Optional separate VAE file (LDM or diffusers names, with or without ``first_stage_model.``).
@@ -148,12 +148,13 @@ def load_models(path: str | os.PathLike, *, expected_family: str | None = None, 
     """
     p = Path(path)
     if p.is_dir():
-        models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device)
+        models = load_diffusers_folder(p, expected_family=expected_family, v2=v2, dtype=dtype, device=device,
+                                       script_attr=script_attr)
         torch.nn.Module.to(models.unet, unet_dtype or dtype)  # diffusers' to() warns needlessly
     else:
         keys, metadata, items, shared = _open(p, mmap, {dtype, unet_dtype or dtype})
         family = detect_family(keys)
-        check_fits(family, expected_family, v2, str(p))
+        check_fits(family, expected_family, v2, str(p), script_attr)
         configs = (configs_from_json(metadata[CONFIG_METADATA_KEY], str(p)) if CONFIG_METADATA_KEY in metadata
                    else {"family": family, **default_configs(family)})
         configs.pop("family")

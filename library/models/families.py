@@ -248,19 +248,21 @@ def _configs(name: str, tiny: bool) -> dict:
     return {"unet": sd_unet_config(name, tiny=tiny), "vae": vae, "text_encoders": [te]}
 
 
-def check_fits(family: str, expected: str | None, v2: bool, where: str) -> None:
+def check_fits(family: str, expected: str | None, v2: bool, where: str, script_attr: str = "trainer_script") -> None:
     """Raise a UserError naming the right script (or ``--v2``) when ``family`` does not fit the caller.
 
     Args:
         family: the detected family. expected: ``None`` (no check), a family name, or ``"sd"`` (either
             family of ``train_network.py``, told apart by ``v2``). v2: the caller passed ``--v2``.
+        script_attr: the :class:`FamilySpec` field naming the caller's kind of script (``trainer_script``,
+            ``ti_script``), for the message.
     """
     if expected is None:
         return
     spec = family_spec(family)
-    script = SD1.trainer_script if expected == "sd" else family_spec(expected).trainer_script
-    if spec.trainer_script != script:
-        raise UserError(f"{where}: this checkpoint is {spec.script_label}; use {spec.trainer_script}")
-    siblings = [s for s in FAMILIES.values() if s.trainer_script == spec.trainer_script]
+    script = getattr(SD1 if expected == "sd" else family_spec(expected), script_attr)
+    if getattr(spec, script_attr) != script:
+        raise UserError(f"{where}: this checkpoint is {spec.script_label}; use {getattr(spec, script_attr)}")
+    siblings = [s for s in FAMILIES.values() if getattr(s, script_attr) == script]
     if len(siblings) > 1 and spec.v2 != v2:  # --v2 tells the families of one script apart
         raise UserError(f"{where}: this checkpoint is {spec.label}; {'add' if spec.v2 else 'remove'} --v2")

@@ -65,6 +65,7 @@ class ModelFamily(abc.ABC):
     embeddings_only: bool = False
     excluded_option_groups: tuple[str, ...] = ("textual_inversion",)
     option_defaults: dict = {}
+    script_attr: str = "trainer_script"  # the FamilySpec field naming this entry's script
 
     def __init__(self, v2: bool = False, v_parameterization: bool = False,
                  max_token_length: int | None = None, clip_skip: int | None = None,
@@ -80,7 +81,7 @@ class ModelFamily(abc.ABC):
     @classmethod
     def script(cls) -> str:
         """The kohya script name of this entry (``train_network.py`` …)."""
-        return cls.specs[0].trainer_script
+        return getattr(cls.specs[0], cls.script_attr)
 
     @classmethod
     def spec_for(cls, v2: bool) -> FamilySpec:
@@ -121,8 +122,8 @@ class ModelFamily(abc.ABC):
 
         path = hub.local_path(path, hub.MODEL_FILES)
         vae_path = vae_path and hub.local_path(vae_path, hub.VAE_FILES)
-        return load_models(path, expected_family=self.name, v2=self.v2, dtype=dtype,
-                           device=device, vae_path=vae_path, mmap=mmap, unet_dtype=unet_dtype)
+        return load_models(path, expected_family=self.name, v2=self.v2, dtype=dtype, device=device,
+                           vae_path=vae_path, mmap=mmap, unet_dtype=unet_dtype, script_attr=self.script_attr)
 
     def tokenizers(self) -> list:
         """The tokenizers, one per text encoder (built once, offline)."""
@@ -244,7 +245,6 @@ def require_xformers() -> None:
 def family_kwargs(options) -> dict:
     """Family constructor arguments from :class:`sd_train.options.TrainOptions`."""
     m = options.model
-    return {"v2": m.v2, "v_parameterization": m.v_parameterization,
-            "max_token_length": m.max_token_length, "clip_skip": m.clip_skip,
-            "tokenizer_cache_dir": m.tokenizer_cache_dir,
+    return {"v2": m.v2, "v_parameterization": m.v_parameterization, "max_token_length": m.max_token_length,
+            "clip_skip": m.clip_skip, "tokenizer_cache_dir": m.tokenizer_cache_dir,
             "weighted_captions": options.dataset.weighted_captions}

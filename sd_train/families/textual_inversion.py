@@ -17,11 +17,7 @@ class _TextualInversion:
     embeddings_only = True
     excluded_option_groups = ("network", "pivotal")
     option_defaults = {"save_model_as": "pt"}  # kohya-compat: its textual-inversion scripts default to .pt
-
-    @classmethod
-    def script(cls) -> str:
-        """kohya's textual-inversion script name of this family."""
-        return cls.specs[0].ti_script
+    script_attr = "ti_script"
 
 
 class SdTextualInversion(_TextualInversion, SdFamily):

@@ -49,6 +49,9 @@ def test_detect_family_rejects_non_checkpoints():
     ("tiny_sd2_ckpt", {"expected_family": "sdxl"}, "this checkpoint is SD1.x/SD2.x; use train_network.py"),
     ("tiny_sd2_ckpt", {"expected_family": "sd"}, "this checkpoint is SD2.x; add --v2"),
     ("tiny_sd15_ckpt", {"expected_family": "sd", "v2": True}, "this checkpoint is SD1.x; remove --v2"),
+    ("tiny_sdxl_ckpt", {"expected_family": "sd", "script_attr": "ti_script"},
+     "this checkpoint is SDXL; use sdxl_train_textual_inversion.py"),
+    ("tiny_sd2_ckpt", {"expected_family": "sd", "script_attr": "ti_script"}, "this checkpoint is SD2.x; add --v2"),
 ])
 def test_wrong_family_names_the_right_script(request, fixture, kwargs, message):
     path = request.getfixturevalue(fixture)

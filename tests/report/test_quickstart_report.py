@@ -13,7 +13,7 @@ import os
 from library.io.safetensors_io import read_header
 from library.report.sources import read_scalars
 
-INPUTS = ("tiny_sdxl.safetensors", "sample_prompts.txt", "sample.png")  # the quickstart's own files, not the run's
+INPUTS = ("sample_prompts.txt", "before_after.png")  # the quickstart's own files, not the run's
 
 
 def test_terminal_shows_plan_narration_and_summary(quickstart, plan_numbers, summary_rows):

@@ -42,6 +42,10 @@ def _launch(root: Path, tag: str, *extra: str) -> list[dict]:
            "--validation_split", "0.25", "--validate_every_n_steps", "1", "--save_state", *extra]
     env = {**os.environ, "SD_TRAIN_PROBE": str(probe), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    if proc.returncode and "address already in use" in (proc.stdout + proc.stderr).lower():
+        # the free port was taken between _free_port() and the launch (another test's processes): once more
+        cmd[cmd.index("--main_process_port") + 1] = str(_free_port())
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((probe / f"rank{i}.json").read_text()) for i in range(2)]
 

@@ -127,6 +127,14 @@ def test_weights_of_the_wrong_shape_are_one_line(sd15, tmp_path, capsys):
     assert len(err) == 1 and f"{bad}: holds vectors of shapes [(2, 32)]" in err[0]
 
 
+def test_a_checkpoint_of_the_other_family_names_the_other_textual_inversion_script(sd15, tmp_path, capsys):
+    ckpt, toml = sd15
+    assert sdxl_ti_main(_args(ckpt, toml, tmp_path / "o")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {ckpt}: this checkpoint is SD1.x/SD2.x; use train_textual_inversion.py"
+    assert not list((tmp_path / "o").glob("mytok*.pt"))
+
+
 def test_sd15_pivotal_tuning_in_train_network(sd15, tmp_path):
     """train_network.py --train_text_encoder_ti: SD1's ``_emb`` file holds ``emb_params`` (one text encoder);
     two placeholders get <s0><s1> and <s2><s3>, bundled as A1111's ``string_to_param`` per placeholder."""
