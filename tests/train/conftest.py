@@ -1,10 +1,12 @@
-"""Shared fixtures of the trainer tests: one tiny SDXL checkpoint per session, a dataset per module."""
+"""Shared fixtures of the trainer tests: one tiny SDXL checkpoint per session, a dataset per module, and
+deterministic torch algorithms for one test."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,12 @@ def plain_assets(assets, tmp_path_factory) -> tuple[Path, Path]:
                     'enable_bucket = true\nmin_bucket_reso = 64\nmax_bucket_reso = 128\n\n'
                     f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{image_dir.as_posix()}"\n')
     return assets[0], toml
+
+
+@pytest.fixture()
+def deterministic():
+    """``torch.use_deterministic_algorithms(True)`` for one test (bit-exact comparisons), restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)

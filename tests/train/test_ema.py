@@ -14,14 +14,6 @@ from sd_train.ema import NetworkEma
 from sd_train.sdxl_train_network import main as sdxl_main
 
 
-@pytest.fixture()
-def deterministic():
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(before)
-
-
 def _args(assets, out, *extra, steps=4):
     ckpt, toml = assets
     return ["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml), "--output_dir", str(out),

@@ -11,14 +11,6 @@ from library.io.safetensors_io import load_file
 from sd_train.sdxl_train_network import main as sdxl_main
 
 
-@pytest.fixture()
-def deterministic():
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(before)
-
-
 def _args(ckpt, toml, out, *extra):
     return ["--pretrained_model_name_or_path", str(ckpt), "--dataset_config", str(toml),
             "--output_dir", str(out), "--network_module", "networks.lora", "--network_dim", "4",
