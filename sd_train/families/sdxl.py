@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Sequence
 
 import torch
 
 from library.text.prompt_weights import apply_token_weights
 from library.models.families import SDXL
+from library.models.sdxl_unet import size_embedding
 from library.text.conditioning import encode_sdxl
 from sd_train.families.base import Conds, ModelFamily
 
 logger = logging.getLogger(__name__)
-SIZE_EMBED_PERIOD = 10000  # kohya-compat: max period of the sinusoidal size embedding
-
-
-def size_embedding(values: torch.Tensor, dim: int = 256) -> torch.Tensor:
-    """Sinusoidal embedding of SDXL size values (TRAINING.md §3.4).
-
-    Args:
-        values: (B, K) integers (K = 6: original h, w, crop top, left, target h, w).
-        dim: embedding width per value (256).
-
-    Returns:
-        (B, K·dim) float32: per value ``[cos(x·f), sin(x·f)]`` with
-        ``f_i = exp(−ln(10000)·i/(dim/2))``.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(SIZE_EMBED_PERIOD) * torch.arange(half, dtype=torch.float32) / half)
-    args = values.reshape(-1, 1).float() * freqs.to(values.device)[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return emb.reshape(values.shape[0], -1)
 
 
 def size_values(batch: dict, batch_size: int) -> torch.Tensor:
