@@ -15,12 +15,14 @@ REG_DIR = "1_shape"
 
 
 def concept_dataset_toml(image_dir: str, reg_dir: str, batch_size: int = 4) -> str:
-    """Dataset TOML (DATASET.md schema): the concept subset (10 repeats) and the regularization subset, 64 px."""
+    """Dataset TOML (DATASET.md schema): the concept subset (10 repeats; class token :data:`world.TRIGGER`, which
+    every caption carries, so the end summary names it as the trigger word) and the regularization subset, 64 px."""
     return "\n".join([
         "# The toy world's held-out concept (green, trigger word sks); made by tools.make_toy_world dataset",
         "[general]", 'caption_extension = ".txt"', "", "[[datasets]]", "resolution = 64",
         f"batch_size = {batch_size}", "enable_bucket = false", "",
-        "  [[datasets.subsets]]", f"  image_dir = {json.dumps(image_dir)}", "  num_repeats = 10", "",
+        "  [[datasets.subsets]]", f"  image_dir = {json.dumps(image_dir)}", "  num_repeats = 10",
+        f"  class_tokens = \"{world.TRIGGER}\"", "",
         "  [[datasets.subsets]]", f"  image_dir = {json.dumps(reg_dir)}", "  is_reg = true", ""])
 
 

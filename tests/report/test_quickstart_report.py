@@ -32,6 +32,7 @@ def test_terminal_shows_plan_narration_and_summary(quickstart, plan_numbers, sum
                  and p.name not in INPUTS and not p.relative_to(out_dir).parts[0] in ("dataset", "logs")}
     assert listed == run_files
     assert "A1111 / Forge: copy it into models/Lora/ and write <lora:quickstart_lora:1> in the prompt" in out
+    assert "trigger words: sks\n" in out  # the concept subset's class token, which every caption carries
     assert f"run report: {out_dir / 'quickstart_lora_report.html'}" in out
 
 
