@@ -45,13 +45,10 @@ def row_flags(optimizer: str, rank: int, weighting: str, every: int) -> list[str
 
 def lessons(out: Path, every: int, max_steps: int) -> list[tuple[int, object]]:
     """``(step, Lesson)`` for every checkpoint of a run in ``out``."""
-    from library.toyworld import asset_path
-    from sd_train.families import family_class
     from sd_train.lora_preview import apply_lora, render
-    from sd_train.toy_lesson import lesson_prompts, measure
+    from sd_train.toy_lesson import TOY_SDXL, lesson_prompts, measure
 
-    family = family_class("sdxl")()
-    models = family.load(str(asset_path("sdxl")))
+    family, models = TOY_SDXL.load()
     prompts = lesson_prompts()
     before = render(family, models, prompts)
     found = []

@@ -35,13 +35,10 @@ def report_flags(out: Path, steps: int) -> list[str]:
 
 def before_after(out: Path, lora: Path) -> Path:
     """Render the lesson prompts without and with the LoRA, print what changed, save the grid."""
-    from library.toyworld import asset_path
-    from sd_train.families import family_class
     from sd_train.lora_preview import apply_lora, grid, render
-    from sd_train.toy_lesson import CONTROL_PROMPT, TRIGGER_PROMPT, lesson_prompts, measure
+    from sd_train.toy_lesson import CONTROL_PROMPT, TOY_SDXL, TRIGGER_PROMPT, lesson_prompts, measure
 
-    family = family_class("sdxl")()
-    models = family.load(str(asset_path("sdxl")))
+    family, models = TOY_SDXL.load()
     prompts = lesson_prompts()
     before = render(family, models, prompts)
     apply_lora(family, models, str(lora))

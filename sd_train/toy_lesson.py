@@ -1,8 +1,8 @@
-"""The toy lesson: teach the toy SDXL model the held-out colour with a LoRA and measure what it learned.
+"""The toy lesson: teach a toy base model the held-out colour with a LoRA and measure what it learned.
 
 One recipe for the quickstart, the learning tests and the convergence benchmark: the concept dataset
-(:mod:`library.toyworld.dataset`), a LoRA trained through the real ``sdxl_train_network`` entry point,
-and :class:`Lesson` numbers from images rendered with the same seeds with and without the LoRA.
+(:mod:`library.toyworld.dataset`), a LoRA trained through the real trainer entry point of the model's family
+(``sdxl_train_network`` for :data:`TOY_SDXL`), and :class:`Lesson` numbers from images rendered with the same seeds with and without the LoRA.
 """
 
 from __future__ import annotations
@@ -26,18 +26,42 @@ TRAIN_FLAGS = ("--network_module", "networks.lora", "--network_dim", "4", "--net
                "--cache_latents", "--max_data_loader_n_workers", "0", "--save_model_as", "safetensors")
 
 
+@dataclass(frozen=True)
+class ToyModel:
+    """A committed toy base model: its ``make_tiny_model`` arch (naming ``assets/toy/toy_<arch>.safetensors``)
+    and the trainer entry that trains LoRAs for it (:func:`sd_train.entry.entry_point`)."""
+
+    arch: str
+    entry: str
+
+    @property
+    def path(self) -> Path:
+        """The committed checkpoint."""
+        return asset_path(self.arch)
+
+    def load(self):
+        """``(family strategy object, LoadedModels)`` of the checkpoint."""
+        from sd_train.families import family_class
+
+        family = family_class(self.entry)()
+        return family, family.load(str(self.path))
+
+
+TOY_SDXL = ToyModel("sdxl", "sdxl")  # the one committed (docs/DECISIONS.md, "The toy world")
+
+
 def train_concept_lora(out_dir: str | Path, steps: int = STEPS, extra_flags: Sequence[str] = (),
-                       name: str = "toy_sks") -> Path:
-    """Write the concept dataset under ``out_dir/dataset`` and train ``out_dir/<name>.safetensors`` with
-    ``sdxl_train_network`` on the committed toy SDXL model; ``extra_flags`` override :data:`TRAIN_FLAGS`."""
+                       name: str = "toy_sks", model: ToyModel = TOY_SDXL) -> Path:
+    """Write the concept dataset under ``out_dir/dataset`` and train ``out_dir/<name>.safetensors`` on the
+    committed toy ``model`` through its trainer entry point; ``extra_flags`` override :data:`TRAIN_FLAGS`."""
     from library.toyworld.dataset import make_concept_dataset
-    from sd_train.sdxl_train_network import main as train_main
+    from sd_train.entry import entry_point
 
     out_dir = Path(out_dir)
     toml = make_concept_dataset(out_dir / "dataset")
-    code = train_main(["--pretrained_model_name_or_path", str(asset_path("sdxl")), "--dataset_config", str(toml),
-                       "--output_dir", str(out_dir), "--output_name", name, "--max_train_steps", str(steps),
-                       *TRAIN_FLAGS, *extra_flags])
+    code = entry_point(model.entry, ["--pretrained_model_name_or_path", str(model.path), "--dataset_config",
+                                     str(toml), "--output_dir", str(out_dir), "--output_name", name,
+                                     "--max_train_steps", str(steps), *TRAIN_FLAGS, *extra_flags])
     if code:
         raise RuntimeError(f"LoRA training failed with exit status {code}")
     return out_dir / f"{name}.safetensors"

@@ -82,13 +82,10 @@ BREAKAGES = {"none": contextlib.nullcontext, "frozen_up": frozen_up, "no_text": 
 
 def lesson_of(lora: Path):
     """:class:`sd_train.toy_lesson.Lesson` of a LoRA file on the toy SDXL model."""
-    from library.toyworld import asset_path
-    from sd_train.families.sdxl import SdxlFamily
     from sd_train.lora_preview import apply_lora, render
-    from sd_train.toy_lesson import lesson_prompts, measure
+    from sd_train.toy_lesson import TOY_SDXL, lesson_prompts, measure
 
-    family = SdxlFamily()
-    models = family.load(str(asset_path("sdxl")))
+    family, models = TOY_SDXL.load()
     before = render(family, models, lesson_prompts())
     apply_lora(family, models, str(lora))
     return measure(before, render(family, models, lesson_prompts()))

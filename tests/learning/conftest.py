@@ -11,32 +11,36 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: toykit lives here
 
 
+def _trained_once(tmp_path_factory, worker_id, folder: str, **kwargs) -> Path:
+    """``train_concept_lora(..., **kwargs)`` once per test session, shared by the xdist workers."""
+    from filelock import FileLock
+
+    from sd_train.toy_lesson import train_concept_lora
+
+    if worker_id == "master":  # no xdist: a private folder
+        return train_concept_lora(tmp_path_factory.mktemp(folder), **kwargs)
+    shared = tmp_path_factory.getbasetemp().parent / folder  # the session's folder above the workers'
+    with FileLock(str(shared) + ".lock"):
+        path = shared / "toy_sks.safetensors"
+        return path if path.is_file() else train_concept_lora(shared, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def toy_lora(tmp_path_factory, worker_id) -> Path:
     """The LoRA of :func:`sd_train.toy_lesson.train_concept_lora` (the quickstart's recipe), trained once, with
     the checkpoint of step ``PIVOTAL_STEPS`` beside it (``toy_sks-step00000060.safetensors``)."""
-    from filelock import FileLock
-
-    from sd_train.toy_lesson import train_concept_lora
     from toykit import PIVOTAL_STEPS
 
-    every = ["--save_every_n_steps", str(PIVOTAL_STEPS)]
-    if worker_id == "master":  # no xdist: a private folder
-        return train_concept_lora(tmp_path_factory.mktemp("toy_lora"), extra_flags=every)
-    shared = tmp_path_factory.getbasetemp().parent / "toy_lora"  # the session's folder above the workers'
-    with FileLock(str(shared) + ".lock"):
-        path = shared / "toy_sks.safetensors"
-        return path if path.is_file() else train_concept_lora(shared, extra_flags=every)
+    return _trained_once(tmp_path_factory, worker_id, "toy_lora",
+                         extra_flags=["--save_every_n_steps", str(PIVOTAL_STEPS)])
 
 
 @pytest.fixture(scope="session")
 def toy_sdxl():
     """``(family, models)`` of the committed toy SDXL checkpoint; tests that patch it must undo the patch."""
-    from library.toyworld import asset_path
-    from sd_train.families.sdxl import SdxlFamily
+    from sd_train.toy_lesson import TOY_SDXL
 
-    family = SdxlFamily()
-    return family, family.load(str(asset_path("sdxl")))
+    return TOY_SDXL.load()
 
 
 @pytest.fixture(scope="session")

@@ -95,15 +95,14 @@ def test_half_rank_resize_keeps_most_of_the_lesson(toy_sdxl, toy_lora, base_imag
     _assert_taught(resized)
 
 
-def test_merged_checkpoint_renders_like_the_applied_lora(toy_lora, lora_images, tmp_path):
-    from library.toyworld import asset_path
-    from sd_train.families import family_class
+def test_merged_checkpoint_renders_like_the_applied_lora(toy_sdxl, toy_lora, lora_images, tmp_path):
+    from sd_train.toy_lesson import TOY_SDXL
     from tools.merge_lora import main as merge_main
 
     merged = tmp_path / "merged.safetensors"
-    assert merge_main(["--sd_model", str(asset_path("sdxl")), "--save_to", str(merged), "--models",
-                       str(toy_lora), "--ratios", "1"]) == 0
-    family = family_class("sdxl")()
+    assert merge_main(["--sd_model", str(TOY_SDXL.path), "--save_to", str(merged), "--models", str(toy_lora),
+                       "--ratios", "1"]) == 0
+    family = toy_sdxl[0]
     images = render(family, family.load(str(merged)), lesson_prompts())
     diffs = [np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)) for a, b in zip(images, lora_images)]
     assert max(d.mean() for d in diffs) <= MERGE_MEAN_LEVELS, [d.mean() for d in diffs]
@@ -127,3 +126,4 @@ def test_pivotal_tuning_teaches_in_fewer_steps(toy_sdxl, toy_lora, tmp_path):
     prompts = [toy_prompt(p.prompt.replace(" sks ", f" {tokens} "), p.seed) for p in lesson_prompts()]
     assert prompts[0].prompt == f"a {tokens} circle on a white background"
     _assert_taught(measure(before, diffusers_images(pipe, prompts)))
+
