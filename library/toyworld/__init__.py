@@ -12,5 +12,5 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets" / "toy"  # the committed
 
 
 def asset_path(name: str) -> Path:
-    """The committed toy checkpoint ``assets/toy/toy_<name>.safetensors`` (``sdxl`` or ``sd15``)."""
+    """The toy checkpoint ``assets/toy/toy_<name>.safetensors`` of a ``make_tiny_model`` arch (committed: ``sdxl``)."""
     return ASSETS / f"toy_{name}.safetensors"
