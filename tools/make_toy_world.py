@@ -17,7 +17,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleeping OpenMP waits: on
 import torch  # noqa: E402  # made the 2-thread rebuild 6x slower (same numbers either way)
 
 from library.errors import UserError, run_cli  # noqa: E402
+from library.io.safetensors_io import file_model_hashes  # noqa: E402
 from library.models.families import TINY_ARCHS  # noqa: E402
 from library.toyworld import asset_path  # noqa: E402
 from library.toyworld.dataset import CONCEPT_DIR, make_concept_dataset  # noqa: E402
@@ -47,12 +47,8 @@ def committed_archs() -> list[str]:
 
 
 def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a whole file (what A1111 shows as the model's full hash)."""
+    return file_model_hashes(path)[1]
 
 
 def write_readme(out_dir: Path, args, report: dict, total: float) -> Path:

@@ -18,15 +18,15 @@ Layouts (one ``(n, D)`` tensor of ``n`` vectors per text encoder):
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
-from library.errors import UserError, first_line
-from library.io.safetensors_io import atomic_path, load_file
+from library.errors import UserError
+from library.io.safetensors_io import atomic_path
+from library.io.weights import read_weights
 from library.models.families import FAMILIES, TextEncoderSlot
 
 LAYOUTS = ("kohya", "a1111", "diffusers")
@@ -88,18 +88,10 @@ def from_state(state: Mapping, name: str, where: str) -> Embedding:
 
 
 def _load_dict(path: Path) -> tuple[dict, dict[str, str]]:
-    if not path.is_file():
-        raise UserError(f"{path}: embedding file not found")
-    if path.suffix.lower() == ".safetensors":
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as exc:
-        raise UserError(f"{path}: cannot be read without unpickling code ({first_line(exc)}); sd-train loads .pt "
-                        "embeddings with weights_only=True (re-save it as .safetensors)") from None
+    state, metadata = read_weights(path, "embedding file not found")
     if not isinstance(state, dict):
         raise UserError(f"{path}: holds a {type(state).__name__}, not an embedding dict")
-    return state, {}
+    return state, metadata
 
 
 def read_bundle(state: Mapping[str, torch.Tensor], name: str | None, where: str) -> Embedding:

@@ -15,7 +15,8 @@ from typing import Mapping
 import torch
 
 from library.errors import UserError
-from library.io.safetensors_io import load_file, save_lora_file
+from library.io.safetensors_io import save_lora_file
+from library.io.weights import read_weights
 
 PAIRS = (("lora_down.weight", "lora_up.weight"), ("lora_A.weight", "lora_B.weight"), ("down", "up"))
 KOHYA_PAIR = PAIRS[0]
@@ -43,20 +44,11 @@ class LoraFile:
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a ``.safetensors`` (with metadata) or a ``.ckpt/.pt/.pth`` state dict (weights only)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: file not found")
-    if p.suffix.lower() == ".safetensors":
-        return load_file(p)
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-facing file problem
-        raise UserError(f"{p}: cannot be read as a weights-only torch file ({exc.__class__.__name__}); "
-                        "convert it to .safetensors") from None
+    sd, metadata = read_weights(path)
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict):
-        raise UserError(f"{p}: does not contain a state dict")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, {}
+        raise UserError(f"{path}: does not contain a state dict")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, metadata
 
 
 def detect_format(keys) -> str:
